@@ -1,0 +1,57 @@
+"""Sample grids during training, saved as PNG and logged to the logger."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from lightning.pytorch.utilities import rank_zero_only
+
+from jointdiff.callbacks.logging import log_image, run_dir
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
+    """images: (N, c, H, W) floats in [-1, 1] → PNG grid (values clamped like the reference's uint8 mapping)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, int(math.sqrt(len(images))))
+    torchvision.utils.save_image(((images.float() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_epochs`` epochs and at the end of fitting, draws ``num_samples`` unconditional samples from
+    the model's EMA weights (fixed seed, so grids are comparable over training) and writes
+    ``<run dir>/samples/step_XXXXXXX.png``.
+
+    The model must provide ``sample(num, generator, use_ema, progress)``.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0, use_ema: bool = True):
+        if every_n_epochs < 1 or num_samples < 1:
+            raise ValueError("every_n_epochs and num_samples must be >= 1")
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self.seed = seed
+        self.use_ema = use_ema
+        self.last_step: int | None = None
+        self.last_path: Path | None = None
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_step == trainer.global_step:
+            return
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images = pl_module.sample(self.num_samples, generator=gen, use_ema=self.use_ema, progress=True)
+        path = save_grid(images, run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}.png")
+        log_image(trainer, "samples/unconditional", path, step=trainer.global_step)
+        self.last_step, self.last_path = trainer.global_step, path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._write(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module)

@@ -1,0 +1,15 @@
+"""Diffusion math as pure tensor functions: schedules, forward process, losses and samplers."""
+
+from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
+from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
+from jointdiff.diffusion.schedules import cosine_beta_schedule, linear_beta_schedule, make_beta_schedule
+
+__all__ = [
+    "GaussianDiffusion",
+    "cosine_beta_schedule",
+    "ddpm_sample",
+    "eps_loss",
+    "linear_beta_schedule",
+    "make_beta_schedule",
+    "to_uint8",
+]

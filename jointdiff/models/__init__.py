@@ -1,0 +1,5 @@
+"""LightningModules."""
+
+from jointdiff.models.joint import JointDiffusion
+
+__all__ = ["JointDiffusion"]

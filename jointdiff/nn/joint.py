@@ -1,0 +1,36 @@
+"""The joint network: a UNet denoiser whose encoder features also feed a classifier head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jointdiff.nn.heads import PooledFeatureHead, pooled_features
+from jointdiff.nn.unet import UNet
+
+
+class JointNetwork(nn.Module):
+    """UNet + optional :class:`PooledFeatureHead` (``head=None`` is the vanilla DDPM).
+
+    This is the unit whose weights the joint model trains and whose EMA copy it evaluates and samples with.
+    """
+
+    def __init__(self, unet: UNet, num_outputs: int | None, head_dropout: float = 0.7):
+        super().__init__()
+        self.unet = unet
+        self.head = PooledFeatureHead(unet.feature_dim, num_outputs, head_dropout) if num_outputs else None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ε̂(x_t, t)."""
+        return self.unet(x, t)
+
+    def classify_features(self, middle: torch.Tensor, skips: list[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        """Logits ``g([z(m, e), t])`` from encoder outputs (the conditional sampler differentiates through this)."""
+        if self.head is None:
+            raise RuntimeError("this network has no classifier head (classifier_weight=0)")
+        return self.head(pooled_features(middle, skips), t)
+
+    def classify(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Logits of the head on an encoder-only pass (a separate pass from the diffusion one, as the reference)."""
+        middle, skips = self.unet.encode(x, t)
+        return self.classify_features(middle, skips, t)
