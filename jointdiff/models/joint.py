@@ -17,6 +17,7 @@ from torch import nn
 
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
+from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.joint import JointNetwork
@@ -26,7 +27,7 @@ Task = Literal["multiclass", "multilabel"]
 NoisyClassifier = Literal["off", "replace", "add"]
 
 
-class JointDiffusion(L.LightningModule):
+class JointDiffusion(RecordsClass, L.LightningModule):
     """Joint diffusion model (Deja et al. 2023).
 
     Data-shape arguments (``image_size``, ``channels``, ``num_classes``, ``task``) are linked from the DataModule by

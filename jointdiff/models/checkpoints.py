@@ -1,0 +1,72 @@
+"""Loading this project's checkpoints back into models, with clear errors for the wrong file or architecture."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import lightning as L
+import torch
+
+CLASS_KEY = "jointdiff_class"
+
+
+class RecordsClass:
+    """Mixin for LightningModules: writes the module's class path into every checkpoint so that
+    :func:`load_model` can rebuild it without being told what it is."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def _read(path: str | Path, map_location) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err!r}") from err
+
+
+def load_model(
+    path: str | Path,
+    expected: type | tuple[type, ...] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> L.LightningModule:
+    """Rebuild the LightningModule saved in ``path`` (hyper-parameters and weights), in eval mode.
+
+    ``expected`` restricts the acceptable classes (e.g. a probe needs a model with a UNet encoder).
+    """
+    ckpt = _read(path, map_location)
+    if CLASS_KEY not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path} was not written by jointdiff (no '{CLASS_KEY}' entry); train it with `jointdiff fit`")
+    module_name, _, cls_name = ckpt[CLASS_KEY].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if expected is not None and not issubclass(cls, expected):
+        names = ", ".join(c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,)))
+        raise ValueError(f"{path} holds a {cls.__name__}; expected one of: {names}")
+    model = cls(**ckpt.get("hyper_parameters", {}))
+    load_state_dict_checked(model, ckpt["state_dict"], str(path))
+    return model.eval()
+
+
+def load_state_dict_checked(module: torch.nn.Module, state_dict: dict, source: str, prefix: str = "") -> None:
+    """``module.load_state_dict`` with one readable error listing missing, unexpected and mis-shaped tensors."""
+    if prefix:
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{source} does not fit this architecture:"]
+        if shapes:
+            parts.append("  shape mismatch: " + "; ".join(shapes[:5]) + (" …" if len(shapes) > 5 else ""))
+        if missing:
+            parts.append(f"  missing from checkpoint ({len(missing)}): " + ", ".join(missing[:5]))
+        if unexpected:
+            parts.append(f"  not in model ({len(unexpected)}): " + ", ".join(unexpected[:5]))
+        raise ValueError("\n".join(parts))
+    module.load_state_dict(state_dict)
