@@ -21,11 +21,13 @@ def extract(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
 class GaussianDiffusion(nn.Module):
     """Schedule tables and the forward/reverse process formulas.
 
-    Step indices run ``0…T-1``; index 0 is the first noising step, ``ᾱ_{-1} := 1``.
+    Step indices run ``0…T-1``; index 0 is the first noising step, ``ᾱ_{-1} := 1``. ``dtype`` is the tables'
+    precision (float32 for training; float64 for checks against closed forms).
     """
 
-    def __init__(self, num_steps: int = 1000, schedule: str = "linear"):
+    def __init__(self, num_steps: int = 1000, schedule: str = "linear", dtype: torch.dtype = torch.float32):
         super().__init__()
+        self.dtype = dtype
         self.num_steps = num_steps
         self.schedule = schedule
         betas = make_beta_schedule(schedule, num_steps)
@@ -48,7 +50,15 @@ class GaussianDiffusion(nn.Module):
         }
         self.tables64 = tables64
         for name, value in tables64.items():
-            self.register_buffer(name, value.float(), persistent=False)
+            self.register_buffer(name, value.to(dtype), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Device moves apply to the tables; dtype casts (``.half()``, ``.double()``, 16-true precision) don't:
+        # the tables are rebuilt from the float64 masters in their own dtype on the new device.
+        super()._apply(fn, recurse)
+        for name, value in self.tables64.items():
+            self._buffers[name] = value.to(device=self._buffers[name].device, dtype=self.dtype)
+        return self
 
     # forward process -----------------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

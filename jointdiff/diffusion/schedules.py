@@ -7,10 +7,14 @@ import math
 import torch
 
 
-def linear_beta_schedule(num_steps: int) -> torch.Tensor:
-    """Linear β from ``1e-4·1000/T`` to ``0.02·1000/T`` (T=1000: 1e-4→0.02; T=500: 2e-4→0.04)."""
+def linear_beta_schedule(num_steps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Linear β from ``1e-4·1000/T`` to ``0.02·1000/T`` (T=1000: 1e-4→0.02; T=500: 2e-4→0.04).
+
+    For T ≤ 20 the reference's scaled end point reaches β ≥ 1 (ᾱ = 0, a NaN sampler); we clip β at ``max_beta``
+    like the cosine schedule. For T > 20 nothing is clipped and the schedule is exactly the reference's.
+    """
     scale = 1000.0 / num_steps
-    return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
+    return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64).clamp(max=max_beta)
 
 
 def cosine_beta_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

@@ -6,17 +6,36 @@ import importlib
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 CLASS_KEY = "jointdiff_class"
 
 
+RNG_KEY = "rng_states"
+
+
 class RecordsClass:
-    """Mixin for LightningModules: writes the module's class path into every checkpoint so that
-    :func:`load_model` can rebuild it without being told what it is."""
+    """Mixin for LightningModules: every checkpoint records the module's class path (so :func:`load_model` can
+    rebuild it without being told what it is) and the RNG states of torch, CUDA, NumPy and Python (Lightning does
+    not save them), which are restored on resume so that a run resumed at an epoch boundary draws the same noise,
+    timesteps, dropout masks and data order as the uninterrupted run."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        # NumPy's state holds an ndarray, which Lightning's ``weights_only=True`` resume refuses: store a tensor.
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+        checkpoint[RNG_KEY] = states
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if RNG_KEY in checkpoint:
+            states = dict(checkpoint[RNG_KEY])
+            kind, keys, pos, has_gauss, gauss = states["numpy"]
+            states["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
+            _set_rng_states(states)
 
 
 def _read(path: str | Path, map_location) -> dict:
@@ -46,7 +65,9 @@ def load_model(
     if expected is not None and not issubclass(cls, expected):
         names = ", ".join(c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,)))
         raise ValueError(f"{path} holds a {cls.__name__}; expected one of: {names}")
-    model = cls(**ckpt.get("hyper_parameters", {}))
+    # LightningCLI adds private entries (``_class_path``, ``_instantiator``) beside the init arguments.
+    hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    model = cls(**hparams)
     load_state_dict_checked(model, ckpt["state_dict"], str(path))
     return model.eval()
 

@@ -22,10 +22,12 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32, as the reference's ``GroupNorm32`` (keeps bf16/fp16 runs stable)."""
+    """GroupNorm computed in at least float32, as the reference's ``GroupNorm32`` (keeps bf16/fp16 runs stable)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).type(x.dtype)
+        return super().forward(x)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -1,0 +1,168 @@
+"""The `jointdiff` command line, configs, missing-data errors, and checkpoint resume."""
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from conftest import TINY_MODEL
+
+from jointdiff.cli import main
+from jointdiff.data import DatasetNotFoundError, FashionMNISTDataModule
+from jointdiff.models import JointDiffusion
+from jointdiff.models.checkpoints import load_model
+
+QUICK = "configs/fashion_mnist/quick.yaml"
+
+
+def tiny_overrides(tmp_path: Path, **model) -> Path:
+    """A config layered on quick.yaml that shrinks everything to seconds on CPU."""
+    cfg = {
+        "trainer": {
+            "max_steps": 3,
+            "val_check_interval": 3,
+            "limit_val_batches": 2,
+            "limit_test_batches": 2,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+                {"class_path": "jointdiff.callbacks.SampleGrid", "init_args": {"num_samples": 4}},
+                {"class_path": "jointdiff.callbacks.MetricsJSON"},
+            ],
+        },
+        "model": {"init_args": {**TINY_MODEL, **model}},
+        "data": {"init_args": {"batch_size": 8, "eval_batch_size": 32}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_fit_then_test_from_config_writes_checkpoint_metrics_and_grid(data_root, tmp_path, capsys):
+    main(["fit", "-c", QUICK, "-c", str(tiny_overrides(tmp_path))])
+    out = capsys.readouterr().out
+    assert "jointdiff test summary" in out
+    metrics_file = next(tmp_path.rglob("metrics.json"))
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["fit"]["global_step"] == 3
+    assert 0.0 <= metrics["test"]["test/acc"] <= 1.0 and "test/acc_raw" in metrics["test"]
+    assert Path(metrics["checkpoint"]).is_file() and Path(metrics["sample_grid"]).is_file()
+    model = load_model(metrics["checkpoint"], expected=JointDiffusion)
+    assert model.hparams.num_classes == 10 and model.hparams.image_size == 28  # linked from the DataModule
+
+
+def test_print_config_shows_resolved_values(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", "configs/fashion_mnist/joint.yaml", "--print_config"])
+    assert exit_.value.code in (0, None)
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    args = cfg["model"]["init_args"]
+    assert args["model_channels"] == 64 and args["diffusion_steps"] == 500 and args["classifier_weight"] == 0.001
+    assert cfg["data"]["class_path"] == "jointdiff.data.FashionMNISTDataModule"
+    assert cfg["data"]["init_args"]["batch_size"] == 128 and cfg["trainer"]["max_steps"] == 100000
+
+
+def test_unknown_config_key_is_rejected_before_training(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", QUICK, "--model.init_args.classifer_weight", "0.1"])
+    assert exit_.value.code != 0
+    assert "classifer_weight" in capsys.readouterr().err
+
+
+def test_missing_data_error_names_files_and_three_ways(tmp_path, monkeypatch):
+    monkeypatch.delenv("JOINTDIFF_DATA_ROOT", raising=False)
+    dm = FashionMNISTDataModule(root=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.setup("fit")
+    msg = str(err.value)
+    for needle in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "--data.root", "JOINTDIFF_DATA_ROOT",
+                   "download", str(tmp_path / "nowhere")):
+        assert needle in msg
+
+
+def test_env_root_is_used_when_no_root_given(data_root, monkeypatch):
+    monkeypatch.setenv("JOINTDIFF_DATA_ROOT", str(data_root))
+    dm = FashionMNISTDataModule(download=False, val_fraction=0.1)
+    dm.setup("fit")
+    assert len(dm.train_set) == 54000 and len(dm.val_set) == 6000 and len(dm.test_set) == 10000
+
+
+def _trainer(tmp_path, max_steps, **kw):
+    return L.Trainer(max_steps=max_steps, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, **kw)
+
+
+def test_resume_restores_step_optimizer_ema_and_rng_exactly(fmnist, tmp_path):
+    """Interrupt after step 3 (the end of a 3-batch epoch) and resume: the resumed run starts from the saved step,
+    optimizer and EMA state, and its first step is bit-identical to the uninterrupted run's step 4 (same RNG draws,
+    same batch). Later batches differ only in data order: Lightning restarts the interrupted epoch's iterator
+    (documented in docs/checkpoints.md)."""
+    from jointdiff.data.base import ImageTensorDataset
+
+    dm = FashionMNISTDataModule(root=fmnist.root, batch_size=16)
+    dm.train_set = ImageTensorDataset(fmnist.train_set.images[:48], fmnist.train_set.targets[:48])
+    dm.val_set, dm.test_set = fmnist.val_set, fmnist.test_set
+
+    def model():
+        L.seed_everything(0)
+        return JointDiffusion(**TINY_MODEL, ema_decay=0.9)
+
+    straight = model()
+    _trainer(tmp_path / "a", 4, enable_checkpointing=False).fit(straight, datamodule=dm)
+
+    first = model()
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
+    _trainer(tmp_path / "b", 3, callbacks=[ckpt_cb]).fit(first, datamodule=dm)
+    ckpt = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.step = trainer.global_step
+            self.ema = {k: v.clone() for k, v in pl_module.ema.state_dict().items()}
+            self.exp_avg = [s["exp_avg"].clone() for s in trainer.optimizers[0].state.values()]
+
+    probe = Probe()
+    resumed = model()
+    L.seed_everything(123)  # a different seed: everything must come from the checkpoint
+    _trainer(tmp_path / "c", 4, callbacks=[probe], enable_checkpointing=False).fit(
+        resumed, datamodule=dm, ckpt_path=tmp_path / "b" / "last.ckpt"
+    )
+    assert probe.step == 3
+    for k, v in probe.ema.items():
+        assert torch.equal(v, ckpt["state_dict"][f"ema.{k}"])
+    saved_exp_avg = [s["exp_avg"] for s in ckpt["optimizer_states"][0]["state"].values()]
+    assert len(saved_exp_avg) > 0 and all(torch.equal(a, b) for a, b in zip(probe.exp_avg, saved_exp_avg))
+    assert resumed.trainer.global_step == 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_of_wrong_kind_is_rejected(tmp_path):
+    bogus = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}}, bogus)
+    with pytest.raises(ValueError, match="not written by jointdiff"):
+        load_model(bogus)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.ckpt")
+
+
+def test_architecture_mismatch_is_a_clear_error(tmp_path):
+    from jointdiff.models.checkpoints import load_state_dict_checked
+
+    small = JointDiffusion(**TINY_MODEL)
+    wide = JointDiffusion(**{**TINY_MODEL, "model_channels": 32})
+    with pytest.raises(ValueError, match="does not fit this architecture"):
+        load_state_dict_checked(small, wide.state_dict(), "wide.ckpt")
+
+
+def test_console_script_is_installed():
+    import shutil
+
+    exe = shutil.which("jointdiff") or os.path.join(os.path.dirname(os.sys.executable), "jointdiff")
+    assert os.path.exists(exe)
