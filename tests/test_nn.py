@@ -5,6 +5,7 @@ import torch
 
 from jointdiff.nn import JointNetwork, PooledFeatureHead, UNet, pooled_features
 from jointdiff.nn.layers import AttentionBlock, timestep_embedding
+from jointdiff.nn.reference import legacy_qkv_attention
 from jointdiff.nn.unet import reference_attention_downsample
 
 
@@ -81,25 +82,13 @@ def test_decode_of_encode_equals_forward_bit_for_bit():
         assert torch.equal(unet.decode(middle, skips, t), unet(x, t))
 
 
-def legacy_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    """The reference's QKVAttentionLegacy, written out: q and k each scaled by d^-1/4 (its softmax upcast to
-    float32 only matters for fp16 and is left out so the check can run in float64)."""
-    bs, width, length = qkv.shape
-    ch = width // (3 * heads)
-    q, k, v = qkv.reshape(bs * heads, ch * 3, length).split(ch, dim=1)
-    scale = 1 / ch**0.25
-    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-    weight = torch.softmax(weight, dim=-1)
-    return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
-
-
 def test_sdpa_attention_equals_reference_legacy_layout():
     torch.manual_seed(0)
     block = AttentionBlock(64, num_heads=4).double()
     torch.nn.init.normal_(block.proj_out.weight, std=0.1)
     x = torch.randn(2, 64, 7, 7, dtype=torch.float64)
     flat = x.reshape(2, 64, -1)
-    expected = (flat + block.proj_out(legacy_attention(block.qkv(block.norm(flat)), 4))).reshape(x.shape)
+    expected = (flat + block.proj_out(legacy_qkv_attention(block.qkv(block.norm(flat)), 4))).reshape(x.shape)
     torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
 
 
