@@ -47,3 +47,65 @@ def test_foreach_ema_equals_reference_per_parameter_loop():
         reference_ema_update(reference, net.parameters(), 0.99)
     for a, b in zip(ema.module.parameters(), reference):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _loss_and_grads(model: JointDiffusion, batch, seed: int = 0, autocast: bool = False):
+    model.log = lambda *a, **k: None
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model.training_step(batch, 0)
+    loss.backward()
+    return loss.detach().float(), [p.grad.clone() for p in model.network.parameters()]
+
+
+# Smallest model with every block kind (ResBlock, attention, down/upsampling, head): 12 px, two levels.
+SMALL = {**TINY_MODEL, "image_size": 12, "channel_mult": (1, 2), "attention_downsample": [2], "dropout": 0.0,
+         "head_dropout": 0.0, "classifier_augmentation": "off"}
+
+
+def _tiny_pair(**options):
+    torch.manual_seed(0)
+    plain = JointDiffusion(**SMALL)
+    randomised(plain.network)
+    fast = JointDiffusion(**SMALL, **options)
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.rand(4, 1, 12, 12, generator=g) * 2 - 1, torch.randint(0, 10, (4,), generator=g))
+    return plain, fast, batch
+
+
+def test_channels_last_gives_the_same_loss_and_gradients():
+    plain, fast, batch = _tiny_pair(channels_last=True)
+    assert fast.network.unet.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    loss_a, grads_a = _loss_and_grads(plain, batch)
+    loss_b, grads_b = _loss_and_grads(fast, batch)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    plain, _, batch = _tiny_pair()
+    loss_a, grads_a = _loss_and_grads(plain, batch)
+    loss_b, grads_b = _loss_and_grads(plain, batch, autocast=True)
+    torch.testing.assert_close(loss_a, loss_b, rtol=3e-2, atol=1e-3)
+    cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in grads_a]),
+                                                torch.cat([g.flatten() for g in grads_b]), dim=0)
+    assert cos > 0.99, cos
+
+
+def test_compiled_model_gives_the_same_loss_and_gradients():
+    plain, fast, batch = _tiny_pair(compile=True)
+    loss_a, grads_a = _loss_and_grads(plain, batch)
+    loss_b, grads_b = _loss_and_grads(fast, batch)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert set(plain.state_dict()) == set(fast.state_dict())  # checkpoints unaffected by compilation
+
+
+def test_fused_adamw_is_only_requested_on_cuda():
+    plain, _, _ = _tiny_pair()
+    assert plain.configure_optimizers().defaults["fused"] is None

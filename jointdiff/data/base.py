@@ -2,20 +2,31 @@
 
 Every DataModule exposes ``image_size``, ``channels``, ``num_classes`` and ``task``; the CLI links them into the
 model. Images are served as float tensors in [-1, 1] (the reference's normalisation, mean 0.5 / std 0.5).
+
+A subclass only says where its files are and how to parse them (:meth:`ImageDataModule.load_splits`); this base
+holds out the validation part of the training split, checks shapes and labels against the declared
+``image_size/channels/num_classes``, and hides labels for semi-supervised training (spec §7).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
+
+from jointdiff.data.semisupervised import UNLABELLED, hide_labels, select_labelled, validate_labelled_args
 
 DATA_ROOT_ENV = "JOINTDIFF_DATA_ROOT"
 CACHE_ENV = "JOINTDIFF_CACHE"
+
+T = TypeVar("T")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -39,9 +50,39 @@ def candidate_roots(explicit: str | os.PathLike | None, env_subdir: str, system_
     return roots
 
 
+def missing_data_message(
+    name: str,
+    expected: str,
+    tried: Sequence[Path],
+    env_subdir: str,
+    download_hint: str,
+    layout_hint: str | None = None,
+    system_dirs: Sequence[str] = (),
+    download_error: Exception | None = None,
+) -> str:
+    """The one wording of every "dataset not found" error: what is expected, where we looked, three ways out."""
+    lines = [
+        f"{name} not found. Expected {expected} in a folder.",
+        "Looked in: " + (", ".join(str(p) for p in tried) or "(no folder configured)"),
+        "Provide them in one of three ways:",
+        "  1. --data.root /path/to/folder (the files themselves"
+        + (f", or {layout_hint}" if layout_hint else "")
+        + ");",
+        f"  2. export {DATA_ROOT_ENV}=/path/to/datasets with the files in <that>/{env_subdir}/"
+        + (f" (or install them system-wide into {', '.join(system_dirs)})" if system_dirs else "")
+        + ";",
+        f"  3. {download_hint}.",
+    ]
+    if download_error is not None:
+        lines.append(f"The download was tried and failed: {type(download_error).__name__}: {download_error}")
+    return "\n".join(lines)
+
+
 class ImageTensorDataset(Dataset):
     """A whole split held in memory as uint8 (N, c, H, W) with its targets; serves [-1, 1] float batches.
 
+    ``images`` may be backed by a memory-mapped cache file (large datasets such as CelebA). ``targets`` are
+    (N,) class ids or (N, n) 0/1 attributes; −1 marks an unlabelled example (the whole row for multi-label).
     ``__getitems__`` lets the DataLoader fetch a batch with one indexing op instead of B Python calls.
     """
 
@@ -67,6 +108,9 @@ class ImageTensorDataset(Dataset):
         idx = torch.as_tensor(indices)
         return self.to_float(self.images[idx]), self.targets[idx]
 
+    def subset(self, indices: torch.Tensor) -> ImageTensorDataset:
+        return ImageTensorDataset(self.images[indices], self.targets[indices])
+
 
 def collate_batch(batch):
     """Identity for batches already stacked by ``__getitems__``; default collation otherwise."""
@@ -84,13 +128,28 @@ def split_indices(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torc
     return perm[n_out:].sort().values, perm[:n_out].sort().values
 
 
-class ImageDataModule(L.LightningDataModule):
-    """Base of every DataModule: subclasses fill ``self.train_set``, ``self.val_set`` and ``self.test_set``
-    (``ImageTensorDataset`` or any map-style dataset yielding ``(x, y)``) in ``setup``.
+@dataclass
+class Splits:
+    """What a DataModule's parser returns. ``val=None``: hold out ``val_fraction`` of ``train`` (the default
+    policy); a dataset with an official validation partition (CelebA) or its own split (MALARIA) sets it."""
 
-    Validation policy (so no reported number selects on the test split): ``val_fraction`` of the training split is
-    held out with a fixed seed, as the reference does without ``eval_on_test_set``; the official test split is
-    only used by ``test``.
+    train: ImageTensorDataset
+    val: ImageTensorDataset | None
+    test: ImageTensorDataset
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base of every DataModule: subclasses implement :meth:`load_splits` (parse the files into uint8 tensors).
+
+    Validation policy (so no reported number selects on the test split): ``val_fraction`` of the training split
+    is held out with a fixed seed, as the reference does without ``eval_on_test_set``; the official test split
+    is only used by ``test``. Per-dataset exceptions are in ``docs/data.md``.
+
+    Semi-supervised training (spec §7, decision D17): ``labelled_fraction`` (in (0, 1]) or
+    ``labelled_per_class`` keeps the labels of a seeded subset of the training part (after the validation
+    hold-out); every other training example stays in with label −1 (``UNLABELLED``). ``class_balanced`` draws
+    the same number from every class; the default is a uniform draw, as the reference (which leaves it unseeded).
+    Validation and test keep all their labels.
     """
 
     name: str = "dataset"
@@ -98,6 +157,8 @@ class ImageDataModule(L.LightningDataModule):
     channels: int
     num_classes: int
     task: str = "multiclass"
+    env_subdir: str = "dataset"
+    system_dirs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -108,11 +169,18 @@ class ImageDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         download: bool = True,
+        labelled_fraction: float | None = None,
+        labelled_per_class: int | None = None,
+        labelled_seed: int = 0,
+        class_balanced: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         split_indices(1, val_fraction, 0)  # validates the fraction before any data is read
+        validate_labelled_args(labelled_fraction, labelled_per_class)
+        if class_balanced and labelled_fraction is None and labelled_per_class is None:
+            raise ValueError("class_balanced selects which labels to keep: it needs labelled_fraction")
         self.root = root
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -120,17 +188,134 @@ class ImageDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.download = download
+        self.labelled_fraction = labelled_fraction
+        self.labelled_per_class = labelled_per_class
+        self.labelled_seed = labelled_seed
+        self.class_balanced = class_balanced
+        self.labelled_indices: torch.Tensor | None = None  # into train_set, when semi-supervised
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
+    @property
+    def semi_supervised(self) -> bool:
+        return self.labelled_fraction is not None or self.labelled_per_class is not None
+
+    # data location ---------------------------------------------------------------------------------------------
+    def resolve(
+        self,
+        find: Callable[[Path], T | None],
+        expected: str,
+        download: Callable[[Path], None] | None,
+        download_hint: str,
+        layout_hint: str | None = None,
+    ) -> T:
+        """First hit of ``find`` over :func:`candidate_roots`; else, when allowed, ``download(into)`` then
+        ``find(into)``; else :class:`DatasetNotFoundError` in the shared wording."""
+        roots = candidate_roots(self.root, self.env_subdir, self.system_dirs)
+        for root in roots:
+            found = find(root)
+            if found is not None:
+                return found
+        download_error = None
+        if self.download and self.root is None and download is not None:
+            target = cache_dir() / "download"
+            try:
+                download(target)
+                found = find(target)
+                if found is not None:
+                    return found
+                roots.append(target)
+            except Exception as err:  # network errors take many forms; report whichever happened
+                download_error = err
+        raise DatasetNotFoundError(
+            missing_data_message(
+                self.name, expected, roots, self.env_subdir, download_hint, layout_hint, self.system_dirs,
+                download_error,
+            )
+        )
+
+    # parsing (subclasses) --------------------------------------------------------------------------------------
+    def load_splits(self) -> Splits:
+        """Parse the dataset into uint8 tensors at ``(channels, image_size, image_size)``."""
+        raise NotImplementedError
+
+    # checks ----------------------------------------------------------------------------------------------------
+    def check_split(self, ds: ImageTensorDataset, split: str, allow_unlabelled: bool = False) -> None:
+        """Reject images or labels that do not match what this DataModule declares (and links into the model)."""
+        shape = (self.channels, self.image_size, self.image_size)
+        if tuple(ds.images.shape[1:]) != shape:
+            raise ValueError(f"{self.name} {split} images are {tuple(ds.images.shape[1:])}, expected {shape}")
+        y = ds.targets
+        if len(y) == 0:
+            raise ValueError(f"{self.name} {split} split is empty")
+        if self.task == "multilabel":
+            if y.ndim != 2 or y.shape[1] != self.num_classes:
+                raise ValueError(f"{self.name} {split} targets are {tuple(y.shape)}, expected (N, {self.num_classes})")
+            ok = (y == 0) | (y == 1)
+            if allow_unlabelled:  # an unlabelled example is a whole row of −1
+                ok |= (y == UNLABELLED).all(dim=1, keepdim=True)
+            if not bool(ok.all()):
+                raise ValueError(f"{self.name} {split} multi-label targets must be 0/1")
+            return
+        if y.ndim != 1:
+            raise ValueError(f"{self.name} {split} targets are {tuple(y.shape)}, expected (N,) class ids")
+        labelled = y[y != UNLABELLED] if allow_unlabelled else y
+        if len(labelled) and (int(labelled.min()) < 0 or int(labelled.max()) >= self.num_classes):
+            raise ValueError(
+                f"{self.name} {split} labels span {int(labelled.min())}..{int(labelled.max())}, "
+                f"but the dataset declares num_classes={self.num_classes} (labels must be in 0..{self.num_classes - 1})"
+            )
+
+    # setup -----------------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        splits = self.load_splits()
+        train, val = splits.train, splits.val
+        if val is None and self.val_fraction > 0:
+            keep, held = split_indices(len(train), self.val_fraction, self.split_seed)
+            train, val = train.subset(keep), train.subset(held)
+        self.check_split(train, "train", allow_unlabelled=True)
+        if val is not None:
+            self.check_split(val, "val")
+        self.check_split(splits.test, "test")
+        if self.semi_supervised:
+            train = self._hide_labels(train)
+        self.train_set, self.val_set, self.test_set = train, val, splits.test
+
+    def _hide_labels(self, train: ImageTensorDataset) -> ImageTensorDataset:
+        idx = select_labelled(
+            train.targets, self.num_classes, self.labelled_fraction, self.labelled_per_class, self.labelled_seed,
+            self.class_balanced,
+        )
+        self.labelled_indices = idx
+        targets = hide_labels(train.targets, idx)
+        how = "class-balanced" if self.class_balanced or self.labelled_per_class is not None else "uniform"
+        msg = (f"{self.name}: {len(idx)} of {len(targets)} training images keep their labels "
+               f"({how}, seed {self.labelled_seed})")
+        if self.task == "multiclass":
+            msg += "; per class " + str(torch.bincount(targets[idx], minlength=self.num_classes).tolist())
+        rank_zero_info(msg)
+        return ImageTensorDataset(train.images, targets)
+
+    # loaders ---------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not provided this split")
+        # (issue 4, evaluation owner) Under DDP, Lightning's injected DistributedSampler pads the ranks with repeated
+        # examples, which biases val/test accuracy; an unpadded sampler (ranks may differ by one example) keeps the
+        # single-process value exactly. Lightning leaves a DistributedSampler subclass in place.
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train,  # the reference cycles shuffled batches with drop_last=True
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -141,7 +326,9 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []  # val_fraction=0: no validation loop (never silently validate on the test split)
         return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:

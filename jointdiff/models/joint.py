@@ -7,17 +7,20 @@ gives the vanilla DDPM of the paper's tables.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_mask
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
-from jointdiff.models.checkpoints import RecordsClass
+from jointdiff.models.checkpoints import RecordsClass, load_state_dict_checked
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.joint import JointNetwork
@@ -49,6 +52,21 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         ema_decay: decay of the weight EMA (with warm-up, :class:`jointdiff.models.ema.EMA`).
         eval_weights: weights used for ``{split}/acc`` and sampling. Both ``acc_ema`` and ``acc_raw`` are
             always logged (D6: the reference evaluates raw weights; we default to EMA and keep raw visible).
+        skip_classifier_loss: drop ``L_cls`` while keeping (and evaluating) the head, whose parameters are frozen
+            and never run in training, so its BatchNorm statistics stay as loaded: domain-adaptation stage 2
+            (spec §8, the reference's ``skip_classifier_loss``).
+        init_from: a jointdiff checkpoint whose ``network`` and ``ema`` weights initialise this model when it is
+            set up (once), e.g. stage 1 of a domain-adaptation run. The architecture must match exactly.
+            A ``--ckpt_path`` resume still overrides it.
+        compile: ``torch.compile`` the UNet encoder and decoder (raw and EMA) when the model is set up. Changes how,
+            not what, is computed (tested against eager); costs compile time at the first steps.
+        channels_last: keep the networks' weights (hence activations) in channels-last memory format.
+
+    Semi-supervised batches (labels −1, spec §7): the diffusion loss uses every image; the labelled ones go through
+    a buffer of capacity ``B`` (the batch size) so that ``L_cls`` is always computed on at least ``B`` labelled clean
+    images (augmented, step 0; the noisy-classifier setting does not apply to them, as in the reference). On steps
+    where the buffer is not yet full the head still runs on the batch with a zero loss, as the reference does, so
+    its BatchNorm statistics follow the data and every parameter takes part in the graph (DDP).
     """
 
     def __init__(
@@ -75,11 +93,17 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         weight_decay: float = 0.0,
         ema_decay: float = 0.9999,
         eval_weights: Literal["ema", "raw"] = "ema",
+        skip_classifier_loss: bool = False,
+        init_from: str | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         if classifier_weight < 0:
             raise ValueError(f"classifier_weight must be >= 0, got {classifier_weight}")
+        if skip_classifier_loss and classifier_weight == 0:
+            raise ValueError("skip_classifier_loss keeps a head to evaluate: it needs classifier_weight > 0")
         if noisy_classifier not in ("off", "replace", "add"):
             raise ValueError(f"noisy_classifier must be off|replace|add, got {noisy_classifier!r}")
         if noisy_timesteps is not None:
@@ -96,6 +120,12 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         self.ema = EMA(self.network, ema_decay)
         self.diffusion = GaussianDiffusion(diffusion_steps, beta_schedule)
         self.augment = ClassifierAugmentation(classifier_augmentation, image_size, channels)
+        if skip_classifier_loss:
+            self.network.head.requires_grad_(False)
+        self.labelled_buffer = LabelledBuffer()
+        self.classifier_batches = 0  # classifier terms computed so far (semi-supervised runs compute few)
+        self._may_have_unlabelled = True  # narrowed in setup() from the DataModule's training labels
+        self._initialised_from: str | None = None
         if self.has_head:
             self.metrics = nn.ModuleDict(
                 {f"{split}_{w}": self._accuracy() for split in ("val", "test") for w in ("ema", "raw")}
@@ -114,7 +144,8 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         return self.ema.module if self.hparams.eval_weights == "ema" else self.network
 
     def setup(self, stage: str) -> None:
-        """Reject a DataModule whose images or labels do not fit this model, before any step runs."""
+        """Load ``init_from``; reject a DataModule whose images or labels do not fit this model, before any step."""
+        self._load_initial_weights()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
@@ -125,6 +156,27 @@ class JointDiffusion(RecordsClass, L.LightningModule):
                     f"model.{key}={hp[key]!r} does not match data.{key}={getattr(dm, key)!r}; "
                     "the CLI links these automatically — don't set them by hand"
                 )
+        targets = getattr(getattr(dm, "train_set", None), "targets", None)
+        if isinstance(targets, torch.Tensor):  # fully labelled data: no per-step check (it would sync the device)
+            self._may_have_unlabelled = bool((targets == UNLABELLED).any())
+            if self._may_have_unlabelled and self.has_head and hp.noisy_classifier != "off":
+                rank_zero_warn("semi-supervised data: the buffered classifier term uses clean images at step 0, "
+                               f"noisy_classifier={hp.noisy_classifier!r} applies only to fully labelled batches")
+
+    def _load_initial_weights(self) -> None:
+        """``init_from``: copy the ``network`` and ``ema`` weights of a checkpoint, once per model instance."""
+        path = self.hparams.init_from
+        if not path or self._initialised_from == path:
+            return
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"init_from={path} is not a Lightning checkpoint (no 'state_dict')")
+        load_state_dict_checked(self.network, ckpt["state_dict"], path, prefix="network.")
+        load_state_dict_checked(self.ema, ckpt["state_dict"], path, prefix="ema.")
+        self._initialised_from = path
+        rank_zero_info(f"JointDiffusion: network and EMA weights initialised from {path}")
 
     def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.hparams.task == "multilabel":
@@ -157,17 +209,36 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         loss_diff = eps_loss(self.network(x_t, t), noise)
         loss = loss_diff
         self.log("train/diffusion_loss", loss_diff, prog_bar=True)
-        if self.has_head:
-            x_c, t_c, y_c = self.classifier_batch(x0, x_t, t, noise, y)
-            logits = self.network.classify(self.augment(x_c), t_c)
-            if self.hparams.noisy_classifier == "add":  # CE(x0) + CE(x_i): sum of the two halves' means
-                loss_cls = 2 * self.classification_loss(logits, y_c)
+        if self.has_head and not self.hparams.skip_classifier_loss:
+            labelled = labelled_mask(y) if self._may_have_unlabelled else None
+            if labelled is None or bool(labelled.all()):
+                x_c, t_c, y_c = self.classifier_batch(x0, x_t, t, noise, y)
+                logits = self.network.classify(self.augment(x_c), t_c)
+                if self.hparams.noisy_classifier == "add":  # CE(x0) + CE(x_i): sum of the two halves' means
+                    loss_cls = 2 * self.classification_loss(logits, y_c)
+                else:
+                    loss_cls = self.classification_loss(logits, y_c)
+                released = True
             else:
-                loss_cls = self.classification_loss(logits, y_c)
+                loss_cls, released = self.buffered_classifier_loss(x0, y, labelled)
             loss = loss + self.hparams.classifier_weight * loss_cls
-            self.log("train/classifier_loss", loss_cls, prog_bar=True)
+            if released:
+                self.classifier_batches += 1
+                self.log("train/classifier_loss", loss_cls, prog_bar=True)
+            self.log("train/classifier_batches", float(self.classifier_batches))
         self.log("train/loss", loss)
         return loss
+
+    def buffered_classifier_loss(self, x0, y, labelled) -> tuple[torch.Tensor, bool]:
+        """Spec §7 on a partly labelled batch: ``(L_cls, True)`` once the buffer and this batch's labelled images
+        reach ``B``; else ``(0·L, False)`` from a pass of the head over the whole batch (as the reference)."""
+        released = self.labelled_buffer.push(x0[labelled], y[labelled], capacity=x0.shape[0])
+        x_c = x0 if released is None else released[0]
+        t0 = torch.zeros(x_c.shape[0], dtype=torch.long, device=x_c.device)
+        logits = self.network.classify(self.augment(x_c), t0)
+        if released is None:
+            return 0.0 * logits.sum(), False
+        return self.classification_loss(logits, released[1]), True
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update(self.network, self.global_step)
@@ -226,5 +297,24 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         net.train(was_training)
         return x
 
+    def configure_model(self) -> None:
+        """Speed options (issue 8), applied once after the model is on its device; they leave the numbers unchanged
+        (``tests/test_speed_equivalence.py``)."""
+        if getattr(self, "_speed_options_applied", False):
+            return
+        nets = (self.network, self.ema.module)
+        if self.hparams.channels_last:
+            for net in nets:
+                net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            for unet in (net.unet for net in nets):
+                # instance attributes: the module's state_dict keys stay as they are (checkpoints unaffected)
+                unet.encode = torch.compile(unet.encode)
+                unet.decode = torch.compile(unet.decode)
+        self._speed_options_applied = True
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = list(self.network.parameters())
+        # fused AdamW: one kernel for all parameters on CUDA; on CPU torch's default (foreach) is used
+        fused = True if params and params[0].is_cuda else None
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)

@@ -1,0 +1,154 @@
+"""Training throughput and peak memory of one joint training step, against the authors' implementation.
+
+One step = ``JointDiffusion.training_step`` (diffusion forward, classifier encoder pass, both losses) + backward +
+AdamW + EMA update — what the model does per batch. Implementations, each at the identical architecture and math:
+
+- ``reference``: the authors' computation — explicit legacy attention (``QKVAttentionLegacy``), AdamW without
+  foreach/fused kernels, guided-diffusion's per-parameter EMA loop, fp32, NCHW.
+- ``ours``: this package's defaults — SDPA attention, AdamW (fused on CUDA, foreach otherwise), ``_foreach`` EMA.
+- ``ours-cl``: ``ours`` with channels-last tensors.
+- ``ours-bf16``: ``ours`` under bf16 autocast, as ``--trainer.precision bf16-mixed`` runs it.
+- ``ours-compile``: ``ours`` with ``compile=True`` (``torch.compile`` of the UNet encoder and decoder).
+
+Each (config, implementation) pair runs in its own subprocess so peak memory is its own (CUDA: max allocated;
+CPU: max RSS of the process). Ratios are against ``reference`` measured in the same invocation.
+
+    python experiments/bench_train.py                                   # FMNIST paper config, batch 16, CPU
+    python experiments/bench_train.py --configs fmnist,cifar,celeba --batch 128 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # name: (image_size, channels, model_channels, classes, T) — the paper configurations (spec §2.1, §4.4, D1)
+    "fmnist": (28, 1, 64, 10, 500),
+    "cifar": (32, 3, 128, 10, 1000),
+    "celeba": (64, 3, 128, 40, 1000),
+}
+IMPLS = ("reference", "ours", "ours-cl", "ours-bf16", "ours-compile")
+
+
+def build(config: str, impl: str, device: str):
+    import torch
+
+    from jointdiff.models import JointDiffusion
+    from jointdiff.nn.reference import reference_ema_update, use_legacy_attention
+
+    size, ch, width, classes, steps = CONFIGS[config]
+    task = "multilabel" if config == "celeba" else "multiclass"
+    model = JointDiffusion(
+        image_size=size, channels=ch, num_classes=classes, task=task, model_channels=width,
+        diffusion_steps=steps, compile=impl == "ours-compile", channels_last=impl == "ours-cl",
+    ).to(device)
+    model.log = lambda *a, **k: None  # no trainer attached: logging is not part of the measured step
+    model.configure_model()
+    if impl == "reference":
+        use_legacy_attention(model.network)
+        use_legacy_attention(model.ema.module)
+        opt = torch.optim.AdamW(model.network.parameters(), lr=1e-4, foreach=False)
+        ema_params = list(model.ema.module.parameters())
+
+        def ema_update(step: int) -> None:
+            reference_ema_update(ema_params, model.network.parameters(), 0.9999)
+    else:
+        opt = model.configure_optimizers()
+
+        def ema_update(step: int) -> None:
+            model.ema.update(model.network, step)
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(1, ch, size, size, generator=gen) * 2 - 1).to(device)
+    if task == "multilabel":
+        y = torch.randint(0, 2, (1, classes), generator=gen).to(device)
+    else:
+        y = torch.randint(0, classes, (1,), generator=gen).to(device)
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=impl == "ours-bf16")
+
+    def step(batch, i: int) -> None:
+        with autocast:
+            loss = model.training_step(batch, i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema_update(i)
+
+    return model, step, x, y
+
+
+def measure(config: str, impl: str, batch: int, steps: int, warmup: int, device: str) -> dict:
+    import torch
+
+    model, step, x, y = build(config, impl, device)
+    xb, yb = x.expand(batch, *x.shape[1:]).contiguous(), y.expand(batch, *y.shape[1:]).contiguous()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for i in range(warmup):
+        step((xb, yb), i)
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step((xb, yb), warmup + i)
+    sync()
+    dt = (time.perf_counter() - t0) / steps
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB (Linux)
+    params = sum(p.numel() for p in model.network.parameters())
+    return {"config": config, "impl": impl, "batch": batch, "s_per_step": dt, "img_per_s": batch / dt,
+            "peak_mib": peak, "params": params, "threads": torch.get_num_threads(), "device": device}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="fmnist")
+    p.add_argument("--impls", default="reference,ours,ours-cl,ours-bf16")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        print(json.dumps(measure(*args.worker, args.batch, args.steps, args.warmup, args.device)))
+        return
+
+    rows = []
+    for config in args.configs.split(","):
+        for impl in args.impls.split(","):
+            if impl not in IMPLS or config not in CONFIGS:
+                raise SystemExit(f"unknown config/impl {config}/{impl}; configs {list(CONFIGS)}, impls {IMPLS}")
+            cmd = [sys.executable, __file__, "--worker", config, impl, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                print(out.stderr[-2000:], file=sys.stderr)
+                raise SystemExit(f"{config}/{impl} failed")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  measured {config}/{impl}: {rows[-1]['img_per_s']:.2f} img/s", file=sys.stderr, flush=True)
+
+    print(f"\ndevice={args.device} batch={args.batch} steps={args.steps} (after {args.warmup} warm-up)"
+          f" threads={rows[0]['threads']}")
+    print(f"{'config':8} {'impl':13} {'params':>8} {'s/step':>8} {'img/s':>8} {'× ref':>6} {'peak MiB':>9}")
+    for r in rows:
+        ref = next((q for q in rows if q["config"] == r["config"] and q["impl"] == "reference"), None)
+        ratio = f"{r['img_per_s'] / ref['img_per_s']:.2f}" if ref else "-"
+        print(f"{r['config']:8} {r['impl']:13} {r['params'] / 1e6:7.1f}M {r['s_per_step']:8.2f} "
+              f"{r['img_per_s']:8.2f} {ratio:>6} {r['peak_mib']:9.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

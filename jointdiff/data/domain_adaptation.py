@@ -1,0 +1,103 @@
+"""Domain-adaptation pairs (spec §8): MNIST→USPS and USPS→MNIST at 28 px gray, SVHN→MNIST with MNIST at 32 px ×3.
+
+:func:`domain_adaptation_pair` returns the two DataModules (source, target) with matching shapes.
+:class:`DomainAdaptationDataModule` is what a config trains on, one ``stage`` at a time:
+
+- ``stage: source`` (stage 1, joint training): train = the labelled source training part;
+- ``stage: target`` (stage 2, diffusion only): train = the target training part with every label hidden (−1),
+  so no target label can reach a loss even if ``skip_classifier_loss`` were forgotten.
+
+In both stages ``val`` is the held-out part of the *target* training split (monitoring the adaptation curve,
+decision D15; never used to select a checkpoint) and ``test`` is the target's official test split, the number
+reported. The run itself (stage 1, stage 2, accuracy before/after) is ``experiments/domain_adaptation.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
+from jointdiff.data.mnist import MNISTDataModule
+from jointdiff.data.semisupervised import UNLABELLED
+from jointdiff.data.svhn import SVHNDataModule
+from jointdiff.data.usps import USPSDataModule
+
+Domain = Literal["mnist", "usps", "svhn"]
+PAIRS = (("mnist", "usps"), ("usps", "mnist"), ("svhn", "mnist"))
+
+
+def _domain(name: str, rgb32: bool, root: str | None, **common) -> ImageDataModule:
+    if name == "mnist":
+        if rgb32:  # the reference's MNIST32: gray repeated to 3 channels, resized to 32
+            return MNISTDataModule(image_size=32, channels=3, upscale="resize", root=root, **common)
+        return MNISTDataModule(image_size=28, root=root, **common)
+    if name == "usps":
+        return USPSDataModule(image_size=28, root=root, **common)
+    if name == "svhn":
+        return SVHNDataModule(root=root, **common)
+    raise ValueError(f"unknown domain {name!r}")
+
+
+def domain_adaptation_pair(
+    source: str,
+    target: str,
+    source_root: str | None = None,
+    target_root: str | None = None,
+    **common,
+) -> tuple[ImageDataModule, ImageDataModule]:
+    """(source, target) DataModules of one of the paper's pairs, at the shapes of spec §8. ``common`` goes to
+    both (batch_size, val_fraction, split_seed, download, …)."""
+    if (source, target) not in PAIRS:
+        choices = ", ".join(f"{s}→{t}" for s, t in PAIRS)
+        raise ValueError(f"unsupported pair {source}→{target}; choose one of {choices}")
+    rgb32 = "svhn" in (source, target)
+    return _domain(source, rgb32, source_root, **common), _domain(target, rgb32, target_root, **common)
+
+
+class DomainAdaptationDataModule(ImageDataModule):
+    """One stage of a domain-adaptation run on ``source``→``target`` (see the module docstring).
+
+    ``source_root`` / ``target_root`` follow the usual resolution (explicit, else ``$JOINTDIFF_DATA_ROOT/<name>``,
+    else download). ``val_fraction`` / ``split_seed`` set the held-out part of each training split.
+    """
+
+    name = "domain adaptation"
+
+    def __init__(
+        self,
+        source: Domain = "usps",
+        target: Domain = "mnist",
+        stage: Literal["source", "target"] = "source",
+        source_root: str | None = None,
+        target_root: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        download: bool = True,
+    ):
+        super().__init__(None, batch_size, eval_batch_size, num_workers, val_fraction, split_seed, download)
+        if stage not in ("source", "target"):
+            raise ValueError(f"stage must be 'source' or 'target', got {stage!r}")
+        self.source, self.target, self.stage = source, target, stage
+        self.source_module, self.target_module = domain_adaptation_pair(
+            source, target, source_root, target_root, batch_size=batch_size, val_fraction=val_fraction,
+            split_seed=split_seed, download=download,
+        )
+        self.name = f"{source}→{target} ({stage})"
+        self.image_size = self.target_module.image_size
+        self.channels = self.target_module.channels
+        self.num_classes = self.target_module.num_classes
+
+    def load_splits(self) -> Splits:
+        tgt = self.target_module
+        tgt.setup()
+        if self.stage == "source":
+            src = self.source_module
+            src.setup()
+            train = src.train_set
+        else:
+            train = ImageTensorDataset(tgt.train_set.images, tgt.train_set.targets.new_full(
+                tgt.train_set.targets.shape, UNLABELLED))
+        return Splits(train, tgt.val_set, tgt.test_set)

@@ -1,0 +1,139 @@
+"""Datasets in the idx format (``*-idx?-ubyte[.gz]``): Fashion-MNIST and MNIST, parsed by torchvision's reader."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch.nn.functional as F
+import torchvision
+
+from jointdiff.data.base import (
+    ImageDataModule,
+    ImageTensorDataset,
+    Splits,
+    cache_dir,
+)
+from jointdiff.data.images import resize_square
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _find_idx_folder(root: Path, tv_name: str) -> Path | None:
+    """A folder holding the four idx files (``.gz`` or not), flat or in torchvision's ``<Name>/raw`` layout."""
+    for folder in (root, root / tv_name / "raw"):
+        if all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in IDX_FILES):
+            return folder
+    return None
+
+
+def _torchvision_layout(folder: Path, tv_name: str) -> Path:
+    """A root that torchvision's parser reads: ``folder`` itself if it is ``<root>/<Name>/raw`` with uncompressed
+    files, else a cache copy with the ``.gz`` files decompressed (data roots may be read-only)."""
+    if folder.name == "raw" and folder.parent.name == tv_name and all((folder / f).exists() for f in IDX_FILES):
+        return folder.parent.parent
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    root = cache_dir() / "idx" / key
+    raw = root / tv_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in IDX_FILES:
+        if (raw / f).exists():
+            continue
+        tmp = raw / f"{f}.partial"
+        try:
+            if (folder / f).exists():
+                shutil.copyfile(folder / f, tmp)
+            else:
+                with gzip.open(folder / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as err:  # a truncated or non-gzip file
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"could not decompress {folder / (f + '.gz')}: {err!r}") from err
+        tmp.replace(raw / f)  # atomic: a killed run never leaves a truncated file behind
+    return root
+
+
+class IdxDataModule(ImageDataModule):
+    """Base for datasets in the idx (``*-idx?-ubyte[.gz]``) format, parsed by torchvision's own reader.
+
+    Looks for the data in, in order: ``root`` (if given, only there), ``$JOINTDIFF_DATA_ROOT/<env_subdir>``, the
+    system folders, then a torchvision download into the cache.
+
+    ``image_size=32`` enlarges the 28×28 images: ``upscale="pad"`` adds a background (−1) border (decision D3:
+    the paper's grayscale feature size 1856 assumes 32 px); ``upscale="resize"`` resizes bilinearly, as the
+    reference's ``MNIST32`` (the SVHN→MNIST target). ``channels=3`` repeats the gray channel (``MNIST32`` again).
+    """
+
+    tv_class: type[torchvision.datasets.MNIST] = torchvision.datasets.MNIST
+    env_subdir: str = "mnist"
+    num_classes = 10
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        channels: int = 1,
+        upscale: Literal["pad", "resize"] = "pad",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if image_size not in (28, 32):
+            raise ValueError(f"{self.name} image_size must be 28 (native) or 32 (padded or resized), got {image_size}")
+        if channels not in (1, 3):
+            raise ValueError(f"{self.name} channels must be 1 (gray) or 3 (gray repeated), got {channels}")
+        if upscale not in ("pad", "resize"):
+            raise ValueError(f"upscale must be 'pad' or 'resize', got {upscale!r}")
+        self.image_size = image_size
+        self.channels = channels
+        self.upscale = upscale
+
+    @property
+    def tv_name(self) -> str:
+        return self.tv_class.__name__
+
+    def _expected(self) -> str:
+        return "the four idx files (" + ", ".join(f"{f}.gz" for f in IDX_FILES) + ")"
+
+    def _download_hint(self) -> str:
+        return f"let torchvision download them (--data.download true, needs internet) into {cache_dir() / 'download'}"
+
+    def _find(self, root: Path) -> Path | None:
+        folder = _find_idx_folder(root, self.tv_name)
+        return None if folder is None else _torchvision_layout(folder, self.tv_name)
+
+    def _download(self, target: Path) -> None:
+        self.tv_class(str(target), train=True, download=True)
+
+    def _locate(self) -> Path:
+        """Root for ``tv_class(root, download=False)``; raises :class:`DatasetNotFoundError` with instructions."""
+        return self.resolve(
+            self._find, self._expected(), self._download, self._download_hint(),
+            layout_hint=f"torchvision's {self.tv_name}/raw layout",
+        )
+
+    def _load_split(self, root: Path, train: bool) -> ImageTensorDataset:
+        try:
+            ds = self.tv_class(str(root), train=train, download=False)
+        except Exception as err:
+            raise ValueError(f"could not parse the {self.name} idx files under {root}: {err!r}") from err
+        images = ds.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
+        if self.image_size == 32:
+            if self.upscale == "pad":
+                images = F.pad(images, (2, 2, 2, 2), value=0)  # uint8 0 ↦ −1 after scaling: background
+            else:
+                images = resize_square(images, 32)
+        if self.channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        return ImageTensorDataset(images.contiguous(), ds.targets.long())
+
+    def load_splits(self) -> Splits:
+        root = self._locate()
+        return Splits(self._load_split(root, train=True), None, self._load_split(root, train=False))
+
