@@ -25,7 +25,17 @@ LINKED_DATA_KEYS = ("image_size", "channels", "num_classes", "task")
 
 # Subcommands beside LightningCLI's fit/validate/test/predict: name → "module:function", where the function takes
 # the remaining argv. Each lives in its own module under jointdiff/commands/ and is imported only when used.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "reconstruct": "jointdiff.commands.reconstruct:main",
+    "interpolate": "jointdiff.commands.interpolate:main",
+    "manipulate": "jointdiff.commands.manipulate:main",
+    "sample": "jointdiff.commands.sample:main",
+    "counterfactual": "jointdiff.commands.counterfactual:main",
+    "alpha-sweep": "jointdiff.commands.alpha_sweep:main",
+    "sweep": "jointdiff.commands.sweep:main",
+    "paper": "jointdiff.commands.paper:main",
+    "report": "jointdiff.commands.report:main",
+}
 
 
 class JointDiffCLI(LightningCLI):

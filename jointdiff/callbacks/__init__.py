@@ -1,6 +1,7 @@
-"""Lightning callbacks: sample grids, metrics JSON."""
+"""Lightning callbacks: sample grids, metrics JSON, generative evaluation."""
 
+from jointdiff.callbacks.evaluation import GenerativeEvaluation
 from jointdiff.callbacks.logging import MetricsJSON
 from jointdiff.callbacks.samples import SampleGrid
 
-__all__ = ["MetricsJSON", "SampleGrid"]
+__all__ = ["GenerativeEvaluation", "MetricsJSON", "SampleGrid"]

@@ -56,6 +56,8 @@ class UNet(nn.Module):
         num_heads: attention heads.
         dropout: dropout inside the ResBlocks.
         norm_groups: GroupNorm groups (32 in the reference; smaller only for tiny test models).
+        decoder: ``False`` builds only the time embedding, encoder and middle block (``encode``), for the
+            encoder-only stand-alone classifier and probe (spec D13: "decoder omitted"); ``decode`` then raises.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.3,
         norm_groups: int = 32,
+        decoder: bool = True,
     ):
         super().__init__()
         if channel_mult is None:
@@ -113,25 +116,27 @@ class UNet(nn.Module):
         self.middle_out = res(ch, ch)
         middle_ch = ch
 
-        self.output_blocks = nn.ModuleList()
-        pending = list(skip_chans)
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                out = int(mult * model_channels)
-                block_in = ch + pending.pop()
-                up = None
-                if level and i == num_res_blocks:
-                    up = Upsample(out)
-                self.output_blocks.append(
-                    TimestepBlock(res(block_in, out), attn(out) if ds in attention_downsample else None, up)
-                )
-                ch = out
-                if up is not None:
-                    ds //= 2
+        self.has_decoder = decoder
+        if decoder:
+            self.output_blocks = nn.ModuleList()
+            pending = list(skip_chans)
+            for level, mult in reversed(list(enumerate(channel_mult))):
+                for i in range(num_res_blocks + 1):
+                    out = int(mult * model_channels)
+                    block_in = ch + pending.pop()
+                    up = None
+                    if level and i == num_res_blocks:
+                        up = Upsample(out)
+                    self.output_blocks.append(
+                        TimestepBlock(res(block_in, out), attn(out) if ds in attention_downsample else None, up)
+                    )
+                    ch = out
+                    if up is not None:
+                        ds //= 2
 
-        self.out = nn.Sequential(
-            GroupNorm32(norm_groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, in_channels, 3, padding=1))
-        )
+            self.out = nn.Sequential(
+                GroupNorm32(norm_groups, ch), nn.SiLU(), zero_module(nn.Conv2d(ch, in_channels, 3, padding=1))
+            )
         # Channels of the tensors ``encode`` returns: m first, then the skips in creation order.
         self.tap_channels: tuple[int, ...] = (middle_ch, *skip_chans)
 
@@ -141,7 +146,9 @@ class UNet(nn.Module):
         return sum(self.tap_channels)
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
-        return self.time_embed(timestep_embedding(t, self.model_channels))
+        """(B,) step indices → (B, 4C) time embedding, in the dtype of the embedding MLP."""
+        emb = timestep_embedding(t, self.model_channels)
+        return self.time_embed(emb.to(self.time_embed[0].weight.dtype))
 
     def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder and middle block. x: (B, c, H, W), t: (B,) step indices → (m, [e_1…e_K])."""
@@ -156,6 +163,8 @@ class UNet(nn.Module):
 
     def decode(self, middle: torch.Tensor, skips: Sequence[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
         """Decoder and output head: consumes the skips last-in first-out. Returns ε̂ with the input's shape."""
+        if not self.has_decoder:
+            raise RuntimeError("this UNet was built without its decoder (decoder=False): it can only encode")
         emb = self.embed(t)
         pending = list(skips)
         h = middle

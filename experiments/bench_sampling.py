@@ -1,0 +1,106 @@
+"""Cost of one reverse step: unconditional vs joint conditional (spec §5.1) vs classifier guidance (§5.3).
+
+    python experiments/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
+    python experiments/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
+
+``quick``: the UNet and head of configs/fashion_mnist/quick.yaml (C=32, (1,2,2), 1 ResBlock, middle attention,
+T=500, 10 classes) and the EncoderUNet classifier of noise_classifier_quick.yaml. ``paper``: joint.yaml's UNet
+(C=64, 3 ResBlocks, attention at full resolution) and noise_classifier.yaml's classifier (ADM: C=128,
+2 ResBlocks, attention at the reference resolutions). The guided DDPM is the same UNet as the joint model.
+Weights are random (cost does not depend on them). The three steps are timed interleaved, round after round, so
+that load from other processes hits them alike; the table gives the median and the ratio to the unconditional
+step measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from jointdiff.diffusion.conditional import steered_features
+from jointdiff.diffusion.gaussian import GaussianDiffusion
+from jointdiff.diffusion.guidance import guidance_gradient
+from jointdiff.models.joint import JointDiffusion
+from jointdiff.models.noise_aware import NoiseAwareClassifier
+
+SIZES = {
+    "quick": (dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
+              dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[],
+                   head_channels=32)),
+    "paper": (dict(model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=3, attention_downsample=[1]),
+              dict(model_channels=128, channel_mult=[1, 2, 2], num_res_blocks=2, head_channels=64)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds (each times all three steps once)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="network sizes (see above)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+
+    unet_args, classifier_args = SIZES[args.size]
+    joint = JointDiffusion(image_size=28, channels=1, num_classes=10, diffusion_steps=500, noisy_classifier="replace",
+                           **unet_args).to(device).eval()
+    net = joint.network.eval()
+    clf = NoiseAwareClassifier(image_size=28, channels=1, num_classes=10, diffusion_steps=500,
+                               **classifier_args).to(device).eval()
+    logits_fn = clf.network.eval()
+    diffusion: GaussianDiffusion = joint.diffusion
+    b = args.batch
+    x = torch.randn(b, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (b,), device=device)
+    t = torch.full((b,), 250, device=device, dtype=torch.long)
+    noise = torch.randn_like(x)
+
+    def unconditional():
+        with torch.no_grad():
+            return diffusion.p_sample_step(x, t, net(x, t), noise)
+
+    def conditional():
+        middle, skips, _ = steered_features(net, x, t, y, 200.0)
+        with torch.no_grad():
+            return diffusion.p_sample_step(x, t, net.unet.decode(middle, skips, t), noise)
+
+    def guided():
+        with torch.no_grad():
+            mean = diffusion.p_mean(x, t, net(x, t), clip_denoised=True)
+        var = diffusion.sampling_variance[t].reshape(-1, 1, 1, 1)
+        return mean + var * guidance_gradient(logits_fn, x, t, y, "multiclass") + var.sqrt() * noise
+
+    steps = {"unconditional": unconditional, "joint conditional": conditional, "classifier guidance": guided}
+    times = {k: [] for k in steps}
+    for r in range(args.warmup + args.rounds):
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - began)
+
+    params = {"joint UNet+head": sum(p.numel() for p in net.parameters()),
+              "noise-aware classifier": sum(p.numel() for p in clf.network.parameters())}
+    print(f"size={args.size} device={device} threads={torch.get_num_threads()} batch={b} rounds={args.rounds} "
+          + " ".join(f"[{k}: {v / 1e6:.2f}M params]" for k, v in params.items()))
+    base = statistics.median(times["unconditional"])
+    print(f"{'step':<22}{'median s/step':>15}{'min s/step':>13}{'× unconditional':>18}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:<22}{med:>15.4f}{min(ts):>13.4f}{med / base:>18.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Joint conditional sampling ("Algorithm 1", spec §5.1) and visual counterfactuals (spec §6).
+
+At every reverse step ``i = T−1 … 0`` the encoder outputs of the current noisy image, the middle output ``m`` and
+every skip ``e_k`` (all the decoder consumes), are moved by one gradient step of the summed target-class loss
+computed through the pooled-feature head, and then decoded::
+
+    (m, e_1…e_K) = Enc(x_i, i)                          # live graph, model in eval mode
+    ℓ = Σ_b CE(g(z(m, e), i)_b, y_b)                      # Σ BCE-with-logits for multi-label targets
+    m ← m + d·α_i·∂ℓ/∂m ;  e_k ← e_k + d·α_i·∂ℓ/∂e_k     # total derivatives, all updated at once
+    ε̂ = Dec(m, e, i) ;  x_{i−1} = μ(x_i, ε̂) + [i>0]·σ_i·ξ
+
+``d = +1`` (gradient *ascent* on the target-class CE) is the reference's direction (D11). Per step the cost is one
+encoder pass, one backward pass through head and encoder (``torch.autograd.grad`` w.r.t. ``m`` and the skips, so
+no parameter gradients are formed) and one decoder pass without a graph. Only full-T ancestral sampling (D22).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from jointdiff.diffusion.gaussian import GaussianDiffusion
+from jointdiff.diffusion.targets import check_targets, target_loss
+from jointdiff.nn.joint import JointNetwork
+
+Alpha = float | Sequence[float] | torch.Tensor
+StepCallback = Callable[[int, torch.Tensor], None]  # (step index i, head logits (B, n) at that step)
+
+
+def alpha_schedule(alpha: Alpha, num_steps: int) -> list[float]:
+    """Step size per step index ``0…T−1``: a constant, or one value per step (``alpha[i]`` is used at step ``i``)."""
+    if isinstance(alpha, (int, float)):
+        values = [float(alpha)] * num_steps
+    else:
+        values = [float(a) for a in torch.as_tensor(alpha, dtype=torch.float64).flatten().tolist()]
+        if len(values) != num_steps:
+            raise ValueError(f"a per-step alpha needs one value per diffusion step ({num_steps}), got {len(values)}")
+    bad = [a for a in values if not a >= 0 or a == float("inf")]
+    if bad:
+        raise ValueError(f"alpha must be finite and >= 0, got {bad[0]} (flip the update with direction=-1 instead)")
+    return values
+
+
+def num_outputs(network: JointNetwork) -> int:
+    if network.head is None:
+        raise ValueError("joint conditional sampling needs a model with a classifier head "
+                         "(a JointDiffusion trained with classifier_weight > 0, ideally with noisy_classifier)")
+    return network.head.layers[-1].out_features
+
+
+def _check_network(network: JointNetwork) -> None:
+    training = [name or "<root>" for name, m in network.named_modules() if m.training]
+    if training:
+        raise ValueError(f"the network must be in eval mode for sampling (BatchNorm running statistics, no dropout); "
+                         f"call .eval() first (in training mode: {', '.join(training[:3])})")
+
+
+def steered_features(
+    network: JointNetwork,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    direction: int = 1,
+    task: str = "multiclass",
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """One encoder pass and one backward pass: ``(m + d·α·∂ℓ/∂m, [e_k + d·α·∂ℓ/∂e_k], logits)``, all detached.
+
+    x_t: (B, c, H, W) at step t (B,). The gradients are total derivatives: ``∂ℓ/∂e_k`` includes the paths through
+    the later encoder blocks and ``m``, not only ``GAP(e_k)``.
+    """
+    with torch.enable_grad():
+        # x needs a graph only so that the encoder's outputs have one when the weights are frozen (EMA copies);
+        # autograd.grad below stops at m and the skips and never forms a gradient for x or the weights.
+        x = x_t.detach().requires_grad_(True)
+        middle, skips = network.unet.encode(x, t)
+        logits = network.classify_features(middle, skips, t)
+        grads = torch.autograd.grad(target_loss(logits, targets, task), [middle, *skips])
+    step = direction * alpha
+    middle = (middle + step * grads[0]).detach()
+    skips = [(e + step * g).detach() for e, g in zip(skips, grads[1:], strict=True)]
+    return middle, skips, logits.detach()
+
+
+def joint_conditional_denoise(
+    network: JointNetwork,
+    diffusion: GaussianDiffusion,
+    x: torch.Tensor,
+    start_step: int,
+    targets: torch.Tensor,
+    alpha: Alpha,
+    *,
+    direction: int = 1,
+    task: str = "multiclass",
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = False,
+    progress: bool = False,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Conditional reverse process from ``x`` at the noise level of step ``start_step`` down to a clean sample.
+
+    The step noise ξ is drawn from ``generator`` once per step, in the order :func:`ddpm_sample` draws it, so α=0
+    reproduces unconditional sampling bit for bit. ``start_step = −1`` returns ``x`` unchanged.
+    """
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 (reference: ascent on the target CE) or -1, got {direction}")
+    if not -1 <= start_step < diffusion.num_steps:
+        raise ValueError(f"start_step must be in -1..{diffusion.num_steps - 1}, got {start_step}")
+    _check_network(network)
+    alphas = alpha_schedule(alpha, diffusion.num_steps)
+    targets = check_targets(targets.to(x.device), num_outputs(network), task, batch=x.shape[0])
+    for i in tqdm(range(start_step, -1, -1), desc="conditional sampling", disable=not progress, leave=False):
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        middle, skips, logits = steered_features(network, x, t, targets, alphas[i], direction, task)
+        if on_step is not None:
+            on_step(i, logits)
+        with torch.no_grad():
+            eps = network.unet.decode(middle, skips, t)
+            noise = torch.randn(x.shape, device=x.device, generator=generator)
+            x = diffusion.p_sample_step(x, t, eps, noise, clip_denoised)
+    return x
+
+
+def joint_conditional_sample(
+    network: JointNetwork,
+    diffusion: GaussianDiffusion,
+    shape: tuple[int, ...],
+    targets: torch.Tensor,
+    alpha: Alpha,
+    *,
+    direction: int = 1,
+    task: str = "multiclass",
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = False,
+    progress: bool = False,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Samples of the target classes (multiclass: (B,) ids; multilabel: (B, n) 0/1 vectors) over all T steps
+    from ``x_{T−1} ~ N(0, I)`` drawn from ``generator``. Returns unclipped floats, (B, c, H, W)."""
+    x = torch.randn(shape, device=device, generator=generator)
+    return joint_conditional_denoise(
+        network, diffusion, x, diffusion.num_steps - 1, targets, alpha, direction=direction, task=task,
+        generator=generator, clip_denoised=clip_denoised, progress=progress, on_step=on_step,
+    )
+
+
+def noise_steps(noise_fraction: float, num_steps: int) -> int:
+    """Reverse steps of a counterfactual: ``n = round(f·T)``; the image is noised to step ``n−1`` and denoised in
+    n steps (D18 says ``i* = round(0.2·T)``; we start one index lower so that f=1 is the full chain from
+    ``x_{T−1}`` and f=0 is no noise at all)."""
+    if not 0.0 <= noise_fraction <= 1.0:
+        raise ValueError(f"noise fraction must be in [0, 1], got {noise_fraction}")
+    return round(noise_fraction * num_steps)
+
+
+def counterfactual(
+    network: JointNetwork,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: Alpha,
+    noise_fraction: float = 0.2,
+    *,
+    direction: int = 1,
+    task: str = "multiclass",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    on_step: StepCallback | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual counterfactual of real images (spec §6): diffuse ``x0`` forward ``n = round(f·T)`` steps with
+    ``q(x_{n−1} | x0)``, then run the conditional sampler toward ``targets`` from there.
+
+    Returns ``(noised, counterfactual)``, both (B, c, H, W); f=0 returns copies of ``x0``. The forward noise is
+    drawn first from ``generator``, then the step noise.
+    """
+    n = noise_steps(noise_fraction, diffusion.num_steps)
+    alpha_schedule(alpha, diffusion.num_steps)  # reject bad arguments even when there is nothing to denoise
+    check_targets(targets, num_outputs(network), task, batch=x0.shape[0])
+    if n == 0:
+        return x0.clone(), x0.clone()
+    t = torch.full((x0.shape[0],), n - 1, device=x0.device, dtype=torch.long)
+    noised = diffusion.q_sample(x0, t, torch.randn(x0.shape, device=x0.device, generator=generator))
+    cf = joint_conditional_denoise(
+        network, diffusion, noised, n - 1, targets, alpha, direction=direction, task=task, generator=generator,
+        progress=progress, on_step=on_step,
+    )
+    return noised, cf

@@ -1,0 +1,287 @@
+"""Feature extractors for FID and precision/recall: the standard FID InceptionV3 and a project classifier.
+
+Both take images as the models produce and the DataModules serve them, ``(B, c, H, W)`` floats in about [-1, 1],
+and return ``(B, D)`` float32 features. Each applies one of the two input conventions of decision D8:
+
+``standard``
+    The image as a PNG file would hold it: ``round(clamp((x+1)·127.5, 0, 255))`` to uint8 (real data, being
+    uint8 already, pass through unchanged), then the extractor's own standard preprocessing. For Inception that
+    is torch-fidelity's path (the one torchmetrics uses): TF1-exact bilinear resize of the uint8 image to 299 and
+    ``(u − 128)/128``; this is what "FID" means in the literature.
+``reference``
+    What the authors' code feeds (spec §10): the unclipped float image, for Inception resized with
+    ``F.interpolate(bilinear, align_corners=False)`` to 299 and mapped by ``2x − 1`` (so the network sees
+    [-3, 1]); for the classifier the unclipped floats as they are. Use it to compare with the paper's numbers.
+
+Grayscale images are repeated to three channels for Inception.
+
+The extractor's ``name`` goes into every logged key, so a score never appears without the network that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Convention = Literal["standard", "reference"]
+CONVENTIONS: tuple[str, ...] = ("standard", "reference")
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+INCEPTION_OPTION = "inception_weights"  # the GenerativeEvaluation argument that points at a weights file
+
+
+class InceptionWeightsNotFoundError(FileNotFoundError):
+    """The FID Inception weights are neither at the configured path nor in the torch hub cache (and could not be
+    downloaded). Never answered by falling back to other weights: FID is only comparable with these."""
+
+
+def check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"input convention must be one of {CONVENTIONS}, got {convention!r}")
+    return convention
+
+
+def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats → uint8 as a saved PNG holds them (rounded; exact for images that came from uint8)."""
+    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FeatureExtractor(nn.Module):
+    """Base: ``forward(images, convention) -> (B, D)``; ``name`` (used in metric keys), ``dim`` (D),
+    ``fingerprint`` (identifies the weights, for the reference-feature cache) and ``describe()`` (provenance)."""
+
+    name: str
+    dim: int
+    fingerprint: str
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        return super().train(False)  # a fixed measuring instrument: never dropout or batch statistics
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+# Inception ----------------------------------------------------------------------------------------------------
+_INCEPTION_POOL3 = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
+    "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+    "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool",
+)  # torch-fidelity's FeatureExtractorInceptionV3 layers up to the 2048-d pool3 output, in forward order
+
+
+def inception_cache_path() -> Path:
+    """Where torch-fidelity (and so torchmetrics) keeps the FID Inception weights: the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def missing_inception_message(configured: str | None, cache: Path, download_error: Exception | None) -> str:
+    lines = ["FID needs the standard InceptionV3 FID weights, and they are not available."]
+    if configured is not None:
+        lines.append(f"  {INCEPTION_OPTION}={configured!r}: no such file.")
+    else:
+        lines.append(f"  Not in the torch hub cache: {cache}")
+        if download_error is not None:
+            lines.append(f"  Downloading {INCEPTION_URL} failed: {type(download_error).__name__}: {download_error}")
+        else:
+            lines.append("  Downloading is switched off (allow_download=false).")
+    lines += [
+        f"Get the file {INCEPTION_FILE} (torch-fidelity's release, the one torchmetrics loads) from",
+        f"  {INCEPTION_URL}",
+        f"and either put it at {cache} or pass its path with `{INCEPTION_OPTION}: /path/to/{INCEPTION_FILE}`.",
+        "Without internet, evaluate with a project classifier instead: feature_extractors: [\"classifier:<ckpt>\"]",
+        "(scores are then named after that classifier and are not comparable with published FIDs).",
+    ]
+    return "\n".join(lines)
+
+
+def locate_inception_weights(configured: str | None = None, allow_download: bool = True) -> Path:
+    """The FID Inception weights file: the configured path (must exist), else the torch hub cache, else (when
+    allowed) a download into that cache, the standard way. Raises :class:`InceptionWeightsNotFoundError`."""
+    if configured is not None:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise InceptionWeightsNotFoundError(missing_inception_message(configured, inception_cache_path(), None))
+        return path
+    cache = inception_cache_path()
+    if cache.is_file():
+        return cache
+    download_error = None
+    if allow_download:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(INCEPTION_URL, str(cache), progress=True)
+            return cache
+        except Exception as err:  # offline, proxy, HTTP errors: all end in the same instructions
+            download_error = err
+    raise InceptionWeightsNotFoundError(missing_inception_message(None, cache, download_error))
+
+
+class InceptionFeatures(FeatureExtractor):
+    """2048-d pool3 features of torch-fidelity's FID InceptionV3 (the network torchmetrics' FID uses).
+
+    Args:
+        weights: path of the weights file; ``None`` looks in the torch hub cache and downloads there if allowed.
+        allow_download: try the standard download when the cache lacks the file (``False`` on air-gapped
+            machines fails at once instead of waiting for the network).
+    """
+
+    def __init__(self, weights: str | None = None, allow_download: bool = True):
+        super().__init__()
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        path = locate_inception_weights(weights, allow_download)
+        try:
+            self.net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+            )
+        except Exception as err:
+            raise ValueError(
+                f"{path} is not a torch-fidelity FID InceptionV3 state dict ({INCEPTION_FILE}): {err}"
+            ) from err
+        self.weights_path = path
+        self.name = "inception"
+        self.dim = 2048
+        # The default file is one fixed release; a configured file is identified by its content.
+        self.fingerprint = INCEPTION_FILE if path == inception_cache_path() else file_sha256(path)[:16]
+
+    def pool3(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input already at 299×299 and normalised → (B, 2048)."""
+        for name in _INCEPTION_POOL3:
+            x = getattr(self.net, name)(x)
+        return torch.flatten(x, 1)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, convention: Convention = "standard") -> torch.Tensor:
+        check_convention(convention)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if convention == "standard":
+            (features,) = self.net(quantize_uint8(images))  # torch-fidelity's own forward, bit for bit
+            return features.float()
+        # The authors' pytorch-fid port (spec §10): resize the float image, then 2x − 1 on data already in [-1, 1].
+        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        return self.pool3(2 * x - 1).float()
+
+    def describe(self) -> dict:
+        return {"type": "inception", "weights": str(self.weights_path), "fingerprint": self.fingerprint, "dim": 2048}
+
+
+# Project classifier -------------------------------------------------------------------------------------------
+CLASSIFIER_PREFIX = "classifier:"
+
+
+class ClassifierFeatures(FeatureExtractor):
+    """A classifier trained by this project (``jointdiff fit`` with a classifier config), loaded from its checkpoint.
+
+    Works offline, for any data the classifier was trained on. Features for FID and precision/recall are the pooled
+    encoder representation ``z = [GAP(m), GAP(e_1), …]`` (spec §2.2, dimension F) at step index 0; ``logits`` gives
+    the head's outputs (the class hit rate). We use ``z`` rather than a head layer because it is defined for every
+    checkpoint of the project, does not pass through the head's dropout/BatchNorm, and is the representation the
+    paper studies. The weights are the module's ``eval_network`` (its EMA copy by default), else ``network``.
+
+    Scores are only comparable between runs that use the very same checkpoint; the fingerprint (SHA-256 of the
+    file) is recorded with every result. The classifier should be independent of the model under evaluation
+    (a stand-alone classifier, not the joint model's own head).
+    """
+
+    def __init__(self, checkpoint: str, name: str | None = None):
+        super().__init__()
+        from jointdiff.models.checkpoints import load_model
+
+        module = load_model(checkpoint)
+        network = module.eval_network if hasattr(module, "eval_network") else getattr(module, "network", None)
+        unet = getattr(network, "unet", None)
+        if unet is None or not hasattr(unet, "encode") or getattr(network, "head", None) is None:
+            raise ValueError(
+                f"{checkpoint} holds a {type(module).__name__} without a UNet encoder and classifier head; the "
+                "classifier extractor needs a StandaloneClassifier or a JointDiffusion with classifier_weight > 0"
+            )
+        self.network = network.requires_grad_(False).eval()
+        self.checkpoint = str(checkpoint)
+        self.fingerprint = file_sha256(checkpoint)[:16]
+        self.name = name or f"classifier-{self.fingerprint[:8]}"
+        self.dim = int(unet.feature_dim)
+        self.image_size = int(module.hparams.get("image_size", 0)) or None
+        self.channels = int(module.hparams.get("channels", 0)) or None
+        self.num_classes = int(network.head.layers[-1].out_features)
+        self.task = module.hparams.get("task", "multiclass")
+        self.module_class = type(module).__name__
+
+    def _inputs(self, images: torch.Tensor, convention: Convention) -> tuple[torch.Tensor, torch.Tensor]:
+        check_convention(convention)
+        if self.channels is not None and (images.shape[1] != self.channels or images.shape[-1] != self.image_size):
+            raise ValueError(
+                f"classifier {self.name} takes {self.channels}×{self.image_size}×{self.image_size} images, "
+                f"got {tuple(images.shape[1:])}"
+            )
+        x = images.float()
+        if convention == "standard":
+            x = quantize_uint8(x).float().div_(127.5).sub_(1.0)  # exactly the DataModules' uint8 → [-1, 1] map
+        return x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, convention: Convention = "standard") -> torch.Tensor:
+        from jointdiff.nn.heads import pooled_features
+
+        x, t = self._inputs(images, convention)
+        middle, skips = self.network.unet.encode(x, t)
+        return pooled_features(middle, skips).float()
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, convention: Convention = "standard") -> torch.Tensor:
+        x, t = self._inputs(images, convention)
+        return self.network.classify(x, t).float()
+
+    def describe(self) -> dict:
+        return {
+            "type": "classifier", "checkpoint": self.checkpoint, "class": self.module_class,
+            "fingerprint": self.fingerprint, "dim": self.dim, "features": "pooled encoder z at step 0",
+        }
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # safe in every logger's metric keys (TensorBoard, W&B, CSV)
+
+
+def parse_extractor_spec(spec: str) -> tuple[str | None, str]:
+    """``"inception"``, ``"classifier:<ckpt>"``, optionally prefixed ``"<name>="`` → (name or None, spec)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or name.startswith(CLASSIFIER_PREFIX) or "/" in name:
+        return None, spec.strip()
+    name = name.strip()
+    if not _NAME.match(name):
+        raise ValueError(
+            f"extractor name {name!r} may only hold letters, digits, '_', '.', '-' (it goes into metric keys)"
+        )
+    return name, rest.strip()
+
+
+def build_extractor(spec: str, inception_weights: str | None = None, allow_download: bool = True) -> FeatureExtractor:
+    """``inception`` (default, standard FID) or ``classifier:<checkpoint>``; ``<name>=`` sets the key name."""
+    name, body = parse_extractor_spec(spec)
+    if body == "inception":
+        extractor = InceptionFeatures(inception_weights, allow_download)
+        if name:
+            extractor.name = name
+        return extractor
+    if body.startswith(CLASSIFIER_PREFIX):
+        path = body[len(CLASSIFIER_PREFIX):]
+        if not path:
+            raise ValueError("classifier extractor needs a checkpoint: 'classifier:/path/to/last.ckpt'")
+        return ClassifierFeatures(path, name)
+    raise ValueError(f"unknown feature extractor {spec!r}: use 'inception' or 'classifier:<checkpoint path>'")

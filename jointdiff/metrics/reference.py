@@ -1,0 +1,152 @@
+"""Features of the real (reference) images, computed once and cached on disk.
+
+The cache key holds everything that determines the features: dataset name, split, a fingerprint of the split's
+contents (so a changed ``image_size``, ``val_fraction`` or ``split_seed`` never reuses stale features), the
+extractor and its weights' fingerprint, the input convention, the number of images and the subset seed. A file is
+used only if the key stored inside it equals the requested one; anything else is recomputed.
+
+Batches are assigned to processes round-robin (global batch ``b`` → rank ``b mod W``), the same scheme the
+generative evaluation uses for samples, so any number of processes computes the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from jointdiff.data.base import cache_dir
+
+
+@dataclass(frozen=True)
+class ReferenceKey:
+    dataset: str
+    split: str
+    data_fingerprint: str
+    extractor: str  # extractor name
+    extractor_fingerprint: str
+    convention: str
+    count: int
+    subset_seed: int
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def filename(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.dataset}-{self.split}-{self.extractor}")
+        return f"{safe}-{self.convention}-n{self.count}-{self.digest()}.pt"
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """SHA-256 of the split's contents: the whole uint8 image tensor and targets for in-memory datasets, else
+    the length and the first and last examples (weaker: documented in docs/evaluation.md)."""
+    h = hashlib.sha256()
+    images = getattr(dataset, "images", None)
+    targets = getattr(dataset, "targets", None)
+    if isinstance(images, torch.Tensor) and isinstance(targets, torch.Tensor):
+        h.update(str((tuple(images.shape), str(images.dtype))).encode())
+        h.update(images.contiguous().numpy().tobytes())
+        h.update(targets.contiguous().numpy().tobytes())
+    else:
+        n = len(dataset)
+        h.update(str(n).encode())
+        for i in {0, n - 1}:
+            x, _ = dataset[i]
+            h.update(torch.as_tensor(x).float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def reference_indices(n_total: int, count: int | None, seed: int) -> torch.Tensor:
+    """All indices, or a seeded random subset of ``count`` (sorted)."""
+    if count is None or count >= n_total:
+        return torch.arange(n_total)
+    if count < 1:
+        raise ValueError(f"num_reference must be >= 1, got {count}")
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    return perm[:count].sort().values
+
+
+def fetch_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
+    """(B, c, H, W) images of ``dataset`` at ``indices`` (batched ``__getitems__`` when the dataset has it)."""
+    if hasattr(dataset, "__getitems__"):
+        batch = dataset.__getitems__(list(indices))
+    else:
+        batch = default_collate([dataset[i] for i in indices])
+    return batch[0]
+
+
+def global_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[(start, stop)] of consecutive batches covering ``range(n)``."""
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def rank_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """Indices of the global batches process ``rank`` handles: ``b ≡ rank (mod world_size)``."""
+    return list(range(rank, len(global_batches(n, batch_size)), world_size))
+
+
+def assemble(gathered: torch.Tensor, n: int, batch_size: int, world_size: int) -> torch.Tensor:
+    """Rows in global order from ``gathered`` (W, n_max, D): every rank's rows of its batches, padded to n_max."""
+    rows = []
+    for b, (start, stop) in enumerate(global_batches(n, batch_size)):
+        r, j = b % world_size, b // world_size
+        rows.append(gathered[r, j * batch_size: j * batch_size + (stop - start)])
+    return torch.cat(rows)
+
+
+class ReferenceCache:
+    """``<dir>/<key.filename()>`` files holding ``{"key": asdict(key), "features": (N, D) float32}``."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory) if directory is not None else cache_dir() / "reference_features"
+
+    def path(self, key: ReferenceKey) -> Path:
+        return self.directory / key.filename()
+
+    def load(self, key: ReferenceKey) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return None  # a truncated or foreign file: recompute and overwrite
+        if data.get("key") != asdict(key):
+            return None
+        features = data.get("features")
+        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != key.count:
+            return None
+        return features
+
+    def save(self, key: ReferenceKey, features: torch.Tensor) -> Path:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save({"key": asdict(key), "features": features.detach().cpu().float().contiguous()}, tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+        return path
+
+
+def extract_reference_features(
+    dataset: Dataset,
+    indices: torch.Tensor,
+    featurize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable | None = None,
+) -> torch.Tensor:
+    """This rank's rows: features of ``dataset[indices]`` for the batches ``rank_batches`` assigns it, in order."""
+    batches = global_batches(len(indices), batch_size)
+    mine = rank_batches(len(indices), batch_size, rank, world_size)
+    it = progress(mine) if progress is not None else mine
+    out = [featurize(fetch_images(dataset, indices[batches[b][0]:batches[b][1]].tolist())) for b in it]
+    return torch.cat(out) if out else torch.empty(0)

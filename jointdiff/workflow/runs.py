@@ -1,0 +1,80 @@
+"""Where a run lives and what it is called, stable across SLURM requeues (pure functions of the environment).
+
+A SLURM job keeps its id when it is requeued, so the run key derived from it (``<array job>_<task>`` for array
+tasks, as Lightning's requeue handler names them, else ``<job id>``) names the same run on every attempt. The SLURM
+templates in ``experiments/slurm/`` export ``JOINTDIFF_RUN_DIR`` (the run folder) and pass it as
+``trainer.default_root_dir`` too, so logs, checkpoints, ``metrics.json`` and Lightning's ``hpc_ckpt_*.ckpt`` share
+one folder that every attempt finds again.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+from pathlib import Path
+
+RUN_DIR_ENV = "JOINTDIFF_RUN_DIR"
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def slurm_run_key(env: dict[str, str] | None = None) -> str | None:
+    """``"<array job>_<task>"`` for an array task, ``"<job id>"`` for a plain job, ``None`` outside a SLURM batch
+    job (interactive ``bash``/``interactive`` sessions count as outside, as Lightning's ``SLURMEnvironment`` does)."""
+    env = os.environ if env is None else env
+    if env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    array_job, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def run_dir_from_env(env: dict[str, str] | None = None) -> Path | None:
+    """The run folder forced by ``$JOINTDIFF_RUN_DIR`` (set by the SLURM templates and the sweep runner)."""
+    env = os.environ if env is None else env
+    value = env.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+def read_persisted_id(run_dir: Path | None) -> str | None:
+    """The W&B run id an earlier attempt stored in ``run_dir``, if any."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        value = path.read_text().strip()
+        return value or None
+    return None
+
+
+def persist_id(run_dir: Path, run_id: str) -> None:
+    """Store the W&B run id in ``run_dir`` so that a later attempt (a requeue or a re-submission) reuses it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
+
+
+def wandb_run_id(explicit: str | None = None, run_dir: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """The W&B run id of this process, first match wins:
+
+    1. ``explicit`` (the logger's ``id``);
+    2. ``$WANDB_RUN_ID`` (set by ``wandb agent`` for every sweep run, or by the user to resume a run);
+    3. the id stored in the run folder by an earlier attempt (survives re-submission under a new job id);
+    4. derived from the SLURM job (``slurm-<cluster>-<run key>``), identical on every rank and every requeue;
+    5. a fresh random id.
+    """
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit
+    if env.get("WANDB_RUN_ID"):
+        return env["WANDB_RUN_ID"]
+    persisted = read_persisted_id(run_dir)
+    if persisted:
+        return persisted
+    key = slurm_run_key(env)
+    if key:
+        cluster = env.get("SLURM_CLUSTER_NAME")
+        return f"slurm-{cluster}-{key}" if cluster else f"slurm-{key}"
+    alphabet = string.ascii_lowercase + string.digits  # the format of wandb's own ids (8 characters)
+    return "".join(secrets.choice(alphabet) for _ in range(8))

@@ -1,0 +1,139 @@
+"""``jointdiff sample`` end to end on a tiny checkpoint: outputs, α=0 = unconditional, argument errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jointdiff.cli import main as cli_main
+from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
+from jointdiff.models.checkpoints import load_model
+from jointdiff.models.joint import JointDiffusion
+
+TINY = dict(image_size=8, channels=1, num_classes=3, model_channels=16, channel_mult=[1, 2], num_res_blocks=1,
+            attention_downsample=[], num_heads=2, dropout=0.0, norm_groups=8, diffusion_steps=30,
+            noisy_classifier="replace")
+
+
+def write_checkpoint(path, **overrides) -> JointDiffusion:
+    """A checkpoint as ``jointdiff fit`` writes it (state dict, hyper-parameters, class record)."""
+    torch.manual_seed(0)
+    model = JointDiffusion(**{**TINY, **overrides})
+    torch.nn.init.normal_(model.network.unet.out[-1].weight, std=0.05)  # zero-initialised otherwise
+    model.ema.module.load_state_dict(model.network.state_dict())
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    write_checkpoint(path)
+    return str(path)
+
+
+def run(*args):
+    cli_main(["sample", *map(str, args), "--progress", "false"])
+
+
+def test_joint_sampler_writes_grids_npz_and_json(ckpt, tmp_path):
+    out = tmp_path / "joint"
+    run("--checkpoint", ckpt, "--sampler", "joint", "--num", 3, "--classes", "[0, 2]", "--alpha", 5,
+        "--batch_size", 2, "--output", out, "--judge", ckpt)
+    assert (out / "class_0.png").is_file() and (out / "class_2.png").is_file()
+    data = np.load(out / "samples.npz")
+    assert data["arr_0"].shape == (6, 8, 8, 1) and data["arr_0"].dtype == np.uint8
+    assert data["arr_1"].tolist() == [0, 0, 0, 2, 2, 2]
+    record = json.loads((out / "sample.json").read_text())
+    assert record["sampler"] == "joint" and record["alpha"] == 5.0 and len(record["groups"]) == 2
+    assert all(0.0 <= g["judge_hit_rate"] <= 1.0 and "own_head_hit_rate" in g for g in record["groups"])
+
+
+def test_alpha_zero_cli_equals_ddpm_cli(ckpt, tmp_path):
+    """Through the CLI, α=0 gives the ddpm sampler's images for the same seed. (A random-weight network's samples
+    saturate in uint8, so that α>0 changes them is checked on floats in test_conditional_sampling.py.)"""
+    run("--checkpoint", ckpt, "--sampler", "ddpm", "--num", 4, "--seed", 3, "--output", tmp_path / "a")
+    run("--checkpoint", ckpt, "--sampler", "joint", "--alpha", 0, "--classes", "[1]", "--num", 4, "--seed", 3,
+        "--output", tmp_path / "b")
+    a, b = np.load(tmp_path / "a" / "samples.npz"), np.load(tmp_path / "b" / "samples.npz")
+    assert np.array_equal(a["arr_0"], b["arr_0"])
+    # and the file holds exactly the sampler's output for that seed
+    model = load_model(ckpt)
+    x = ddpm_sample(model.eval_network, model.diffusion, (4, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(a["arr_0"], to_uint8(x).permute(0, 2, 3, 1).numpy())
+    assert len(np.unique(a["arr_0"][0])) > 1
+
+
+def test_ddim_and_guidance_run(ckpt, tmp_path):
+    run("--checkpoint", ckpt, "--sampler", "ddim", "--steps", 5, "--num", 2, "--output", tmp_path / "d1")
+    run("--checkpoint", ckpt, "--sampler", "ddim", "--steps", 5, "--num", 2, "--output", tmp_path / "d2")
+    assert np.array_equal(np.load(tmp_path / "d1" / "samples.npz")["arr_0"],
+                          np.load(tmp_path / "d2" / "samples.npz")["arr_0"])
+    # the joint model's noisy head doubles as a noise-aware classifier for guidance
+    run("--checkpoint", ckpt, "--sampler", "guidance", "--classifier", ckpt, "--scale", 2, "--classes", "[0]",
+        "--num", 2, "--output", tmp_path / "g")
+    assert json.loads((tmp_path / "g" / "sample.json").read_text())["scale"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--classes", "[0, 3]"], "unknown class 3"),
+        (["--alpha", "-1"], "alpha must be finite and >= 0"),
+        (["--sampler", "guidance"], "needs --classifier"),
+        (["--sampler", "joint", "--steps", "5"], "--steps applies to --sampler ddim only"),
+        (["--sampler", "ddim", "--steps", "31"], "sample_steps must be in 1..30"),
+        (["--sampler", "ddpm", "--classes", "[1]"], "is unconditional"),
+        (["--attributes", '["1,0,1"]'], "multi-class: give --classes"),
+    ],
+)
+def test_bad_arguments_are_rejected(ckpt, tmp_path, args, message):
+    with pytest.raises(ValueError, match=message):
+        run("--checkpoint", ckpt, "--num", 1, "--output", tmp_path, *args)
+
+
+def test_models_without_head_or_file(tmp_path):
+    path = tmp_path / "ddpm.ckpt"
+    write_checkpoint(path, classifier_weight=0.0)
+    with pytest.raises(ValueError, match="vanilla DDPM"):
+        run("--checkpoint", path, "--sampler", "joint", "--output", tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        run("--checkpoint", tmp_path / "missing.ckpt", "--output", tmp_path)
+
+
+def write_noise_classifier(path, **overrides):
+    from jointdiff.models.noise_aware import NoiseAwareClassifier
+
+    torch.manual_seed(1)
+    clf = NoiseAwareClassifier(**{**dict(image_size=8, channels=1, num_classes=3, model_channels=16,
+                                         channel_mult=[1, 2], num_res_blocks=1, attention_downsample=[],
+                                         head_channels=16, norm_groups=8, diffusion_steps=30), **overrides})
+    ckpt = {"state_dict": clf.state_dict(), "hyper_parameters": dict(clf.hparams)}
+    clf.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+
+
+def test_guidance_with_a_noise_aware_classifier_checkpoint(ckpt, tmp_path):
+    clf = tmp_path / "noise_clf.ckpt"
+    write_noise_classifier(clf)
+    run("--checkpoint", ckpt, "--sampler", "guidance", "--classifier", clf, "--scale", 0, "--classes", "[2]",
+        "--num", 3, "--seed", 5, "--output", tmp_path / "g0")
+    # scale 0 = plain ancestral sampling with x̂0 clipped, through the command as well
+    model = load_model(ckpt)
+    x = ddpm_sample(model.eval_network, model.diffusion, (3, 1, 8, 8), generator=torch.Generator().manual_seed(5),
+                    clip_denoised=True)
+    assert np.array_equal(np.load(tmp_path / "g0" / "samples.npz")["arr_0"], to_uint8(x).permute(0, 2, 3, 1).numpy())
+    other_T = tmp_path / "noise_clf_T40.ckpt"
+    write_noise_classifier(other_T, diffusion_steps=40)
+    with pytest.raises(ValueError, match="T=40"):
+        run("--checkpoint", ckpt, "--sampler", "guidance", "--classifier", other_T, "--num", 1, "--output", tmp_path)
+    wrong_classes = tmp_path / "noise_clf_5.ckpt"
+    write_noise_classifier(wrong_classes, num_classes=5)
+    with pytest.raises(ValueError, match="5 multiclass outputs"):
+        run("--checkpoint", ckpt, "--sampler", "guidance", "--classifier", wrong_classes, "--num", 1,
+            "--output", tmp_path)
