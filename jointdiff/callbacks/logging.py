@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -53,9 +52,11 @@ class MetricsJSON(L.Callback):
     def _path(self, trainer: L.Trainer) -> Path:
         return run_dir(trainer) / self.filename
 
-    @rank_zero_only
-    def _write(self, trainer: L.Trainer, stage: str) -> dict:
-        path = self._path(trainer)
+    def _write(self, trainer: L.Trainer, stage: str, path: Path) -> dict | None:
+        """Merge this stage's metrics into ``path`` on rank zero. ``path`` is resolved by the caller on every rank:
+        ``trainer.log_dir`` broadcasts under DDP, so asking for it on rank zero alone would hang."""
+        if not trainer.is_global_zero:
+            return None
         data = json.loads(path.read_text()) if path.exists() else {}
         data[stage] = {k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/", "test/"))}
         data[stage]["global_step"] = trainer.global_step
@@ -70,10 +71,11 @@ class MetricsJSON(L.Callback):
         return data
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, "fit")
+        self._write(trainer, "fit", self._path(trainer))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        data = self._write(trainer, "test")
+        path = self._path(trainer)
+        data = self._write(trainer, "test", path)
         if data is None:
             return
         test = data["test"]
@@ -81,7 +83,7 @@ class MetricsJSON(L.Callback):
         for key in sorted(k for k in test if k.startswith("test/")):
             lines.append(f"  {key:<24} {test[key]:.4f}")
         lines.append(f"  checkpoint     {data.get('checkpoint', '(none saved)')}")
-        lines.append(f"  metrics JSON   {self._path(trainer)}")
+        lines.append(f"  metrics JSON   {path}")
         lines.append(f"  sample grid    {data.get('sample_grid', '(none)')}")
         lines.append("=" * 72)
         print("\n".join(lines), flush=True)

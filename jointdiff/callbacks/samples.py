@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
-from lightning.pytorch.utilities import rank_zero_only
 
 from jointdiff.callbacks.logging import log_image, run_dir
 
@@ -39,15 +38,22 @@ class SampleGrid(L.Callback):
         self.last_step: int | None = None
         self.last_path: Path | None = None
 
-    @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_step == trainer.global_step:
             return
+        # trainer.log_dir broadcasts under DDP: every rank must ask for it, and every rank must record the step so
+        # that all of them skip (or none of them skips) the next call
+        directory = run_dir(trainer)
+        self.last_step = trainer.global_step
+        if trainer.is_global_zero:
+            self._sample_and_save(trainer, pl_module, directory)
+
+    def _sample_and_save(self, trainer: L.Trainer, pl_module: L.LightningModule, directory: Path) -> None:
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         images = pl_module.sample(self.num_samples, generator=gen, use_ema=self.use_ema, progress=True)
-        path = save_grid(images, run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}.png")
+        path = save_grid(images, directory / "samples" / f"step_{trainer.global_step:07d}.png")
         log_image(trainer, "samples/unconditional", path, step=trainer.global_step)
-        self.last_step, self.last_path = trainer.global_step, path
+        self.last_path = path
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:

@@ -93,7 +93,7 @@ def _check(runs: list[PaperRun], quick: bool, root: str) -> list[str]:
         try:
             cli = instantiate(args)
             n = sum(p.numel() for p in cli.model.parameters())
-            out.append(f"OK   {r.key}: {type(cli.model).__name__} ({n:,} parameters with EMA) on "
+            out.append(f"OK   {r.key}: {type(cli.model).__name__} ({n:,} parameters, any EMA copy included) on "
                        f"{type(cli.datamodule).__name__}")
         except (Exception, SystemExit) as err:  # the CLI reports config errors by SystemExit
             failed += 1

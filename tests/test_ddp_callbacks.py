@@ -1,0 +1,56 @@
+"""SampleGrid and MetricsJSON under 2-process DDP (gloo): fit and test finish (no rank waits alone in a collective)
+and rank zero writes the grid and the metrics JSON. Launched like tests/test_ddp_evaluation.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from test_ddp_evaluation import TINY, SyntheticDataModule, _free_port, _wait  # noqa: I001
+
+
+def worker(root: str, world: int) -> None:
+    from jointdiff.callbacks import MetricsJSON, SampleGrid
+    from jointdiff.models import JointDiffusion
+
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", max_steps=2,
+        limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        logger=L.pytorch.loggers.CSVLogger(root, name="ddp"), default_root_dir=root,
+        callbacks=[SampleGrid(num_samples=2), MetricsJSON()],
+    )
+    model, dm = JointDiffusion(**TINY), SyntheticDataModule(batch_size=8, eval_batch_size=8)
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+
+
+def test_sample_grid_and_metrics_json_do_not_hang_under_ddp(tmp_path):
+    import os
+    import subprocess
+
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                   LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        cmd = [sys.executable, __file__, "--root", str(tmp_path), "--world", "2"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    _wait(procs)  # fails on a timeout (a hang) or a non-zero exit
+    metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
+    assert metrics["fit"]["global_step"] == 2 and "test/acc" in metrics["test"]
+    assert Path(metrics["sample_grid"]).is_file()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--world", type=int, required=True)
+    args = parser.parse_args()
+    worker(args.root, args.world)
