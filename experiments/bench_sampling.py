@@ -1,4 +1,5 @@
-"""Cost of one reverse step: unconditional vs joint conditional (spec §5.1) vs classifier guidance (§5.3).
+"""Cost of one reverse step and of 10k samples: ancestral DDPM, DDIM, joint conditional (spec §5.1) and
+classifier guidance (§5.3).
 
     python experiments/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
     python experiments/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
@@ -9,18 +10,22 @@ T=500, 10 classes) and the EncoderUNet classifier of noise_classifier_quick.yaml
 2 ResBlocks, attention at the reference resolutions). The guided DDPM is the same UNet as the joint model.
 Weights are random (cost does not depend on them). The three steps are timed interleaved, round after round, so
 that load from other processes hits them alike; the table gives the median and the ratio to the unconditional
-step measured in the same run.
+step measured in the same run. "per 10k samples" is the median step time × the number of reverse steps a
+sample needs (T = 500 for DDPM, joint conditional sampling (D22: full T only) and guidance; ``--ddim_steps`` for
+DDIM) × ⌈10000 / batch⌉ batches, an extrapolation at this batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
 from jointdiff.diffusion.conditional import steered_features
+from jointdiff.diffusion.ddim import ddim_sample
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.guidance import guidance_gradient
 from jointdiff.models.joint import JointDiffusion
@@ -43,6 +48,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="network sizes (see above)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ddim_steps", type=int, default=50, help="respaced DDIM steps per sample (per-10k column)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,6 +73,9 @@ def main() -> None:
         with torch.no_grad():
             return diffusion.p_sample_step(x, t, net(x, t), noise)
 
+    def ddim():
+        return ddim_sample(net, diffusion, x, torch.tensor([250]))  # one deterministic DDIM step from i = 250
+
     def conditional():
         middle, skips, _ = steered_features(net, x, t, y, 200.0)
         with torch.no_grad():
@@ -78,7 +87,11 @@ def main() -> None:
         var = diffusion.sampling_variance[t].reshape(-1, 1, 1, 1)
         return mean + var * guidance_gradient(logits_fn, x, t, y, "multiclass") + var.sqrt() * noise
 
-    steps = {"unconditional": unconditional, "joint conditional": conditional, "classifier guidance": guided}
+    steps = {"unconditional": unconditional, "ddim": ddim, "joint conditional": conditional,
+             "classifier guidance": guided}
+    T = diffusion.num_steps
+    steps_per_sample = {"unconditional": T, "ddim": args.ddim_steps, "joint conditional": T,
+                        "classifier guidance": T}
     times = {k: [] for k in steps}
     for r in range(args.warmup + args.rounds):
         for name, fn in steps.items():
@@ -96,10 +109,13 @@ def main() -> None:
     print(f"size={args.size} device={device} threads={torch.get_num_threads()} batch={b} rounds={args.rounds} "
           + " ".join(f"[{k}: {v / 1e6:.2f}M params]" for k, v in params.items()))
     base = statistics.median(times["unconditional"])
-    print(f"{'step':<22}{'median s/step':>15}{'min s/step':>13}{'× unconditional':>18}")
+    batches = math.ceil(10000 / b)
+    print(f"{'step':<22}{'median s/step':>15}{'min s/step':>13}{'× unconditional':>18}{'steps':>7}"
+          f"{'h / 10k samples':>17}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<22}{med:>15.4f}{min(ts):>13.4f}{med / base:>18.2f}")
+        per_10k = med * steps_per_sample[name] * batches / 3600
+        print(f"{name:<22}{med:>15.4f}{min(ts):>13.4f}{med / base:>18.2f}{steps_per_sample[name]:>7}{per_10k:>17.2f}")
 
 
 if __name__ == "__main__":

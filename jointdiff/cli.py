@@ -74,7 +74,7 @@ def main(args: list[str] | None = None) -> None:
         return
     if argv and argv[0] in ("-h", "--help"):
         print("extra subcommands: " + (", ".join(sorted(COMMANDS)) or "(none)"))
-    run_lightning_cli(argv)
+    run_lightning_cli(args)  # None: LightningCLI reads sys.argv itself (passing both makes it warn)
 
 
 if __name__ == "__main__":

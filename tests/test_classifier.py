@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from quadrant_data import QuadrantData
 
-from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.models import StandaloneClassifier
 from jointdiff.models.checkpoints import load_model
 from jointdiff.nn.unet import UNet
@@ -15,24 +15,8 @@ from jointdiff.nn.unet import UNet
 TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_downsample=[], norm_groups=8)
 
 
-class TinyData(ImageDataModule):
-    """Random 8×8 images with learnable labels: class = which quadrant is bright."""
-
-    name = "tiny"
-    image_size, channels, num_classes, task = 8, 1, 4, "multiclass"
-
-    def load_splits(self) -> Splits:
-        g = torch.Generator().manual_seed(0)
-
-        def make(n):
-            y = torch.randint(0, 4, (n,), generator=g)
-            x = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-            for k in range(4):
-                r, c = divmod(k, 2)
-                x[y == k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 190
-            return ImageTensorDataset(x, y)
-
-        return Splits(make(96), make(32), make(40))
+class TinyData(QuadrantData):
+    sizes = (96, 32, 40)
 
 
 def tiny_classifier(**kw) -> StandaloneClassifier:

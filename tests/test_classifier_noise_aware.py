@@ -8,8 +8,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from quadrant_data import QuadrantData
 
-from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.diffusion import GaussianDiffusion
 from jointdiff.diffusion.guidance import guidance_gradient
 from jointdiff.models import NoiseAwareClassifier
@@ -19,22 +19,8 @@ from jointdiff.nn.layers import AttentionBlock
 TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, head_channels=8, norm_groups=8)
 
 
-class TinyData(ImageDataModule):
-    name = "tiny"
-    image_size, channels, num_classes, task = 8, 1, 4, "multiclass"
-
-    def load_splits(self) -> Splits:
-        g = torch.Generator().manual_seed(0)
-
-        def make(n):
-            y = torch.randint(0, 4, (n,), generator=g)
-            x = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-            for k in range(4):
-                r, c = divmod(k, 2)
-                x[y == k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 190
-            return ImageTensorDataset(x, y)
-
-        return Splits(make(64), make(48), make(48))
+class TinyData(QuadrantData):
+    sizes = (64, 48, 48)
 
 
 def test_attention_pool_matches_adm_qkv_attention_written_out():

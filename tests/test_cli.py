@@ -137,9 +137,9 @@ def test_resume_restores_step_optimizer_ema_and_rng_exactly(fmnist, tmp_path):
     for k, v in probe.ema.items():
         assert torch.equal(v, ckpt["state_dict"][f"ema.{k}"])
     saved_exp_avg = [s["exp_avg"] for s in ckpt["optimizer_states"][0]["state"].values()]
-    assert len(saved_exp_avg) > 0 and all(torch.equal(a, b) for a, b in zip(probe.exp_avg, saved_exp_avg))
+    assert len(saved_exp_avg) > 0 and all(torch.equal(a, b) for a, b in zip(probe.exp_avg, saved_exp_avg, strict=True))
     assert resumed.trainer.global_step == 4
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

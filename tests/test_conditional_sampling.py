@@ -178,3 +178,37 @@ def test_bad_arguments_give_clear_errors():
         joint_conditional_sample(net.train(), diffusion, shape, torch.tensor([0, 1]), 1.0)
     with pytest.raises(ValueError, match="classifier head"):
         joint_conditional_sample(tiny_joint(None), diffusion, shape, torch.tensor([0, 1]), 1.0)
+
+
+def test_reference_direction_raises_and_flipped_direction_lowers_an_external_hit_rate(tmp_path):
+    """D11 on a trained model: ascent on the target CE (+1, the reference) steers samples *toward* the target as an
+    external rule judges them; the flipped sign steers away. The judge is no network: it reads which quadrant is
+    brightest, which is what defines the class of ``QuadrantData``."""
+    import lightning as L
+    from quadrant_data import QuadrantData, quiet_trainer
+
+    from jointdiff.models import JointDiffusion
+
+    class Data(QuadrantData):
+        sizes = (512, 32, 32)
+
+    L.seed_everything(0)
+    model = JointDiffusion(
+        image_size=8, channels=1, num_classes=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_downsample=[], norm_groups=8, diffusion_steps=20, classifier_weight=1.0, noisy_classifier="replace",
+        classifier_augmentation="off", lr=2e-3, ema_decay=0.9, dropout=0.0, head_dropout=0.0,
+    )
+    quiet_trainer(tmp_path, max_steps=150, limit_val_batches=0).fit(model, datamodule=Data(batch_size=32))
+    net = model.eval_network.eval()
+
+    def brightest_quadrant(x):
+        return torch.stack([x[:, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4].mean((1, 2)) for r in (0, 1) for c in (0, 1)],
+                           1).argmax(1)
+
+    y = torch.arange(4).repeat(32)
+    hit = {}
+    for alpha, direction in ((0.0, 1), (10.0, 1), (10.0, -1)):
+        g = torch.Generator().manual_seed(0)
+        x = joint_conditional_sample(net, model.diffusion, (128, 1, 8, 8), y, alpha, direction=direction, generator=g)
+        hit[alpha * direction] = (brightest_quadrant(x) == y).float().mean().item()
+    assert hit[10.0] > hit[0.0] + 0.1 and hit[-10.0] < hit[0.0] - 0.05, hit

@@ -118,6 +118,11 @@ def test_malaria_sizes_stratified_disjoint_split(malaria):
     assert _counts(malaria.train_set.targets, 2) == [11161, 11161]
     assert record["counts_per_class"] == {"train": [11161, 11161], "val": [1240, 1240], "test": [1378, 1378]}
     assert all(n.startswith(("Parasitized/", "Uninfected/")) for n in parts["test"])
+    # evaluation splits are served shuffled: a partial evaluation (limit_val_batches) must see both classes
+    # (the file list is class-sorted; a sorted split gave "accuracy" = fraction predicted Parasitized)
+    for part in (malaria.val_set, malaria.test_set):
+        assert abs(part.targets[:250].float().mean().item() - 0.5) < 0.1
+    assert [int(n.startswith("Parasitized/")) for n in record["test"][:250]] == malaria.test_set.targets[:250].tolist()
     _check_range(malaria)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-
 from test_ddp_evaluation import TINY, SyntheticDataModule, _free_port, _wait  # noqa: I001
 
 

@@ -75,7 +75,8 @@ def test_posterior_mean_is_bayes_product_of_gaussians(diff):
         beta, _, ab_prev = closed_forms(50, i)
         alpha = 1 - beta
         precision = alpha / beta + 1 / (1 - ab_prev)
-        expected = (math.sqrt(alpha) / beta * xt[b].numpy() + math.sqrt(ab_prev) / (1 - ab_prev) * x0[b].numpy()) / precision
+        expected = (math.sqrt(alpha) / beta * xt[b].numpy()
+                    + math.sqrt(ab_prev) / (1 - ab_prev) * x0[b].numpy()) / precision
         np.testing.assert_allclose(mean[b].numpy(), expected, rtol=1e-10)
 
 

@@ -110,7 +110,7 @@ def test_ema_update_matches_formula_with_warmup():
         net[1].running_mean.fill_(0.5)
     ema.update(net, step=2)
     d = min(0.9, 3 / 12)
-    for old, new, cur in zip(before, ema.module.parameters(), net.parameters()):
+    for old, new, cur in zip(before, ema.module.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(new, d * old + (1 - d) * cur)
     assert torch.equal(ema.module[1].running_mean, net[1].running_mean)  # buffers copied
     ema.train()

@@ -24,7 +24,9 @@ SPEC_13 = [
 
 
 @pytest.mark.parametrize("size,ch,width,classes,unet_params,head_params,feat,skips", SPEC_13)
-def test_parameter_counts_and_feature_sizes_match_reference(size, ch, width, classes, unet_params, head_params, feat, skips):
+def test_parameter_counts_and_feature_sizes_match_reference(
+    size, ch, width, classes, unet_params, head_params, feat, skips
+):
     with torch.device("meta"):  # shapes only: the 121M-parameter model costs nothing
         unet = UNet(size, ch, width)
         head = PooledFeatureHead(unet.feature_dim, classes)
@@ -49,7 +51,9 @@ def test_attention_block_count_by_resolution(size, width, expected):
     unet = UNet(size, 1, width, dropout=0.0)
     seen: dict[int, int] = {}
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(args[0].shape[-1], seen.get(args[0].shape[-1], 0) + 1))
+        m.register_forward_pre_hook(
+            lambda mod, args: seen.__setitem__(args[0].shape[-1], seen.get(args[0].shape[-1], 0) + 1)
+        )
         for m in unet.modules()
         if isinstance(m, AttentionBlock)
     ]
@@ -90,6 +94,25 @@ def test_sdpa_attention_equals_reference_legacy_layout():
     flat = x.reshape(2, 64, -1)
     expected = (flat + block.proj_out(legacy_qkv_attention(block.qkv(block.norm(flat)), 4))).reshape(x.shape)
     torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_attention_takes_the_fused_kernel_and_matches_the_math_kernel():
+    # A transposed q/k/v view makes SDPA fall back to its math kernel, which on CPU is slower than the reference's
+    # einsum. Restricting SDPA to the flash kernel raises "No available kernel" if the layout is not eligible.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    block = AttentionBlock(32, num_heads=4, norm_groups=8)
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    x = torch.randn(2, 32, 6, 6, requires_grad=True)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        fused = block(x)
+    fused_grad = torch.autograd.grad(fused.square().sum(), x)[0]
+    with sdpa_kernel(SDPBackend.MATH):
+        plain = block(x)
+    plain_grad = torch.autograd.grad(plain.square().sum(), x)[0]
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-4, atol=1e-4)
 
 
 def test_timestep_embedding_is_cos_then_sin_of_raw_index():

@@ -9,9 +9,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from quadrant_data import QuadrantData, quiet_trainer
 from sklearn.metrics import roc_auc_score
 
-from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.diffusion import GaussianDiffusion
 from jointdiff.diffusion.ddim import ddim_invert, ddim_sample, respaced_timesteps
 from jointdiff.models import PDAE, JointDiffusion, StandaloneClassifier
@@ -35,29 +35,8 @@ DPM_ARGS = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attent
 PDAE_ARGS = dict(z_dim=8, encoder_channels=(8, 8), encoder_heads=2, encoder_norm_groups=4)
 
 
-class TinyData(ImageDataModule):
-    """8×8 images: a bright square at a class-dependent place on a noisy background."""
-
-    name = "tiny"
-    image_size, channels, num_classes, task = 8, 1, 4, "multiclass"
-
-    def load_splits(self) -> Splits:
-        g = torch.Generator().manual_seed(0)
-
-        def make(n):
-            y = torch.randint(0, 4, (n,), generator=g)
-            x = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-            for k in range(4):
-                r, c = divmod(k, 2)
-                x[y == k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 190
-            return ImageTensorDataset(x, y)
-
-        return Splits(make(64), make(32), make(32))
-
-
-def quiet_trainer(tmp_path, **kw) -> L.Trainer:
-    return L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     enable_checkpointing=False, **kw)
+class TinyData(QuadrantData):
+    pass
 
 
 @pytest.fixture(scope="module")

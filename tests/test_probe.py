@@ -6,8 +6,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from quadrant_data import QuadrantData, quiet_trainer
 
-from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
+from jointdiff.data.base import ImageDataModule
 from jointdiff.models import FrozenDDPMProbe, JointDiffusion, StandaloneClassifier
 from jointdiff.models.checkpoints import load_model
 from jointdiff.nn.heads import pooled_features
@@ -15,27 +16,8 @@ from jointdiff.nn.heads import pooled_features
 TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_downsample=[], norm_groups=8)
 
 
-class TinyData(ImageDataModule):
-    name = "tiny"
-    image_size, channels, num_classes, task = 8, 1, 4, "multiclass"
-
-    def load_splits(self) -> Splits:
-        g = torch.Generator().manual_seed(0)
-
-        def make(n):
-            y = torch.randint(0, 4, (n,), generator=g)
-            x = torch.randint(0, 60, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-            for k in range(4):
-                r, c = divmod(k, 2)
-                x[y == k, :, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 190
-            return ImageTensorDataset(x, y)
-
-        return Splits(make(64), make(32), make(32))
-
-
-def quiet_trainer(tmp_path, **kw) -> L.Trainer:
-    return L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     enable_checkpointing=False, **kw)
+class TinyData(QuadrantData):
+    pass
 
 
 @pytest.fixture(scope="module")

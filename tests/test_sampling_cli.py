@@ -137,3 +137,38 @@ def test_guidance_with_a_noise_aware_classifier_checkpoint(ckpt, tmp_path):
     with pytest.raises(ValueError, match="5 multiclass outputs"):
         run("--checkpoint", ckpt, "--sampler", "guidance", "--classifier", wrong_classes, "--num", 1,
             "--output", tmp_path)
+
+
+def test_largest_fitting_batch_doubles_until_out_of_memory():
+    from jointdiff.commands.sample import largest_fitting_batch
+
+    tried = []
+
+    def fits_up_to(n):
+        def run(b):
+            tried.append(b)
+            if b > n:
+                raise torch.OutOfMemoryError("simulated")
+        return run
+
+    assert largest_fitting_batch(fits_up_to(100), limit=4096) == 64 and tried == [8, 16, 32, 64, 128]
+    tried.clear()
+    assert largest_fitting_batch(fits_up_to(100), limit=50) == 50 and tried == [8, 16, 32, 50]
+    with pytest.raises(RuntimeError, match="does not fit"):
+        largest_fitting_batch(fits_up_to(4), limit=4096)
+
+
+def test_auto_batch_size_on_cpu_and_the_probe_step_of_every_sampler(ckpt, tmp_path):
+    from jointdiff.commands.sample import auto_batch_size, load_diffusion_model, one_reverse_step
+
+    model = load_diffusion_model(ckpt)
+    assert auto_batch_size(model, "joint", 300, torch.tensor(1)) == 64
+    assert auto_batch_size(model, "ddpm", 5, None) == 5
+    guide = (model.eval_network.classify, 3, "multiclass")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for sampler, target in (("ddpm", None), ("ddim", None), ("joint", torch.tensor(2)), ("guidance", torch.tensor(0))):
+        one_reverse_step(model, sampler, target, guide)(3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # probing changes nothing
+    assert all(p.grad is None for p in model.parameters())  # and leaves no parameter gradients behind
+    run("--checkpoint", ckpt, "--sampler", "ddpm", "--num", 3, "--batch_size", "auto", "--output", tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "sample.json").read_text())["batch_size"] == 3

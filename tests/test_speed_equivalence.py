@@ -3,7 +3,6 @@ attention, ``_foreach`` EMA vs the reference's per-parameter loop, channels-last
 
 import copy
 
-import pytest
 import torch
 from conftest import TINY_MODEL
 
@@ -24,14 +23,15 @@ def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def test_sdpa_unet_matches_legacy_attention_unet_outputs_and_gradients():
     torch.manual_seed(0)
-    fused = randomised(UNet(16, 1, 32, channel_mult=(1, 2), num_res_blocks=1, attention_downsample=[1, 2], dropout=0.0)).double()
+    unet = UNet(16, 1, 32, channel_mult=(1, 2), num_res_blocks=1, attention_downsample=[1, 2], dropout=0.0)
+    fused = randomised(unet).double()
     legacy = use_legacy_attention(copy.deepcopy(fused))
     x, t = torch.randn(3, 1, 16, 16, dtype=torch.float64), torch.tensor([0, 10, 99])
     out_f, out_l = fused(x, t), legacy(x, t)
     torch.testing.assert_close(out_f, out_l, rtol=1e-10, atol=1e-10)
     out_f.square().sum().backward()
     out_l.square().sum().backward()
-    for (name, a), b in zip(fused.named_parameters(), legacy.parameters()):
+    for (name, a), b in zip(fused.named_parameters(), legacy.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-10, msg=name)
 
 
@@ -45,7 +45,7 @@ def test_foreach_ema_equals_reference_per_parameter_loop():
                 p.add_(torch.randn_like(p) * 0.1)
         ema.update(net, step)
         reference_ema_update(reference, net.parameters(), 0.99)
-    for a, b in zip(ema.module.parameters(), reference):
+    for a, b in zip(ema.module.parameters(), reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -82,7 +82,7 @@ def test_channels_last_gives_the_same_loss_and_gradients():
     loss_a, grads_a = _loss_and_grads(plain, batch)
     loss_b, grads_b = _loss_and_grads(fast, batch)
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads_a, grads_b):
+    for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
@@ -101,7 +101,7 @@ def test_compiled_model_gives_the_same_loss_and_gradients():
     loss_a, grads_a = _loss_and_grads(plain, batch)
     loss_b, grads_b = _loss_and_grads(fast, batch)
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-5)
-    for a, b in zip(grads_a, grads_b):
+    for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     assert set(plain.state_dict()) == set(fast.state_dict())  # checkpoints unaffected by compilation
 

@@ -58,7 +58,8 @@ class MetricsJSON(L.Callback):
         if not trainer.is_global_zero:
             return None
         data = json.loads(path.read_text()) if path.exists() else {}
-        data[stage] = {k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/", "test/"))}
+        metrics = trainer.callback_metrics.items()
+        data[stage] = {k: _plain(v) for k, v in metrics if k.startswith(("train/", "val/", "test/"))}
         data[stage]["global_step"] = trainer.global_step
         data[stage]["epoch"] = trainer.current_epoch
         ckpt = trainer.checkpoint_callback

@@ -24,9 +24,9 @@ import torch
 
 from jointdiff.callbacks.logging import atomic_write_json
 from jointdiff.callbacks.samples import save_grid
-from jointdiff.diffusion.conditional import Alpha, joint_conditional_sample
+from jointdiff.diffusion.conditional import Alpha, joint_conditional_sample, steered_features
 from jointdiff.diffusion.ddim import ddim_sample, respaced_timesteps
-from jointdiff.diffusion.guidance import classifier_guided_sample
+from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_gradient
 from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
 from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.models.checkpoints import load_model
@@ -108,6 +108,72 @@ def parse_targets(
         raise ValueError("--classes is empty")
     check_targets(torch.tensor(ids), num_classes, task)
     return [torch.tensor(c) for c in ids]
+
+
+# batch size ------------------------------------------------------------------------------------------------------
+AUTO_BATCH_CPU = 64  # on CPU a larger batch buys no throughput (bench_sampling: per-image cost is flat in b)
+AUTO_BATCH_LIMIT = 4096
+
+
+def largest_fitting_batch(try_batch: Callable[[int], None], limit: int, start: int = 8) -> int:
+    """The largest of ``start, 2·start, 4·start, …`` (capped at ``limit``) for which ``try_batch(b)`` runs without
+    running out of device memory. Written here because Lightning's ``BatchSizeFinder`` searches training loops
+    only; the search is the same doubling."""
+    good, b = 0, min(start, limit)
+    while True:
+        try:
+            try_batch(b)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        good = b
+        if b >= limit:
+            break
+        b = min(2 * b, limit)
+    if not good:
+        raise RuntimeError(f"a batch of {min(start, limit)} samples does not fit in device memory")
+    return good
+
+
+def one_reverse_step(
+    model, sampler: Sampler, target: torch.Tensor | None, classifier: tuple[Callable, int, str] | None,
+    weights: Weights = "model",
+) -> Callable[[int], None]:
+    """``run(b)``: one reverse step of ``sampler`` at batch ``b`` on random x at i = T−1. A sampling loop keeps no
+    graph across steps, so this is its peak memory."""
+    hp, net = model.hparams, pick_network(model, weights)
+    device = next(net.parameters()).device
+
+    def run(b: int) -> None:
+        x = torch.randn(b, hp.channels, hp.image_size, hp.image_size, device=device)
+        t = torch.full((b,), model.diffusion.num_steps - 1, device=device, dtype=torch.long)
+        y = None if target is None else target.to(device).expand(b, *target.shape)
+        if sampler == "joint":
+            middle, skips, _ = steered_features(net, x, t, y, 1.0, 1, hp.task)
+            with torch.no_grad():
+                net.unet.decode(middle, skips, t)
+            return
+        with torch.no_grad():
+            net(x, t)
+        if sampler == "guidance":
+            fn, _, task = classifier
+            guidance_gradient(fn, x, t, y, task)
+
+    return run
+
+
+def auto_batch_size(
+    model, sampler: Sampler, num: int, target: torch.Tensor | None,
+    classifier: tuple[Callable, int, str] | None = None, weights: Weights = "model",
+) -> int:
+    """``--batch_size auto``: on a GPU the largest batch (≤ ``num``) whose reverse step fits in memory; on CPU 64."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return min(num, AUTO_BATCH_CPU)
+    return largest_fitting_batch(one_reverse_step(model, sampler, target, classifier, weights),
+                                 min(num, AUTO_BATCH_LIMIT))
 
 
 # generation ------------------------------------------------------------------------------------------------------
@@ -199,7 +265,7 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | Literal["auto"] = 64,
     weights: Weights = "model",
     judge: str | None = None,
     device: str = "cpu",
@@ -221,14 +287,15 @@ def sample(
         steps: respaced steps for ``ddim`` (default all T).
         eta: DDIM η (0 = deterministic).
         seed: seeds the one generator all noise is drawn from (same seed, same starting noise).
-        batch_size: samples per sampler call.
+        batch_size: samples per sampler call; ``auto`` fills the device (the largest batch whose reverse step
+            fits in GPU memory, found by doubling; 64 on CPU) and records the choice in ``sample.json``.
         weights: ema | raw | model (the checkpoint's ``eval_weights``).
         judge: an independent classifier checkpoint (e.g. StandaloneClassifier) to report the class hit rate.
         device: cpu, cuda, …
         progress: show progress bars.
     """
-    if num < 1 or batch_size < 1:
-        raise ValueError("--num and --batch_size must be >= 1")
+    if num < 1 or (batch_size != "auto" and batch_size < 1):
+        raise ValueError("--num and --batch_size must be >= 1 (or --batch_size auto)")
     model = load_diffusion_model(checkpoint, device)
     hp = model.hparams
     check_sampler_args(model, sampler, alpha=alpha, scale=scale, steps=steps, eta=eta, classifier=classifier)
@@ -251,6 +318,9 @@ def sample(
     generator = torch.Generator(device=device).manual_seed(seed)
     images, targets, record = [], [], {"groups": []}
     began = time.perf_counter()
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, sampler, num, groups[0], guide, weights)
+        print(f"--batch_size auto: {batch_size}")
     for k, target in enumerate(groups):
         x = generate(model, sampler, num, target, alpha=alpha, direction=direction, scale=scale, classifier=guide,
                      steps=steps, eta=eta, generator=generator, batch_size=batch_size, weights=weights,
@@ -282,6 +352,7 @@ def sample(
     np.savez(out / "samples.npz", **arrays)
     record.update(
         checkpoint=str(checkpoint), sampler=sampler, num=num, seed=seed, weights=weights, npz=str(out / "samples.npz"),
+        batch_size=batch_size,
         alpha=alpha if sampler == "joint" else None, direction=direction if sampler == "joint" else None,
         scale=scale if sampler == "guidance" else None, classifier=classifier, judge=judge,
         steps=steps if sampler == "ddim" else model.diffusion.num_steps, eta=eta if sampler == "ddim" else None,

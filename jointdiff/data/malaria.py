@@ -98,7 +98,10 @@ def stratified_split(
     labels: torch.Tensor, test_fraction: float, val_fraction: float, seed: int
 ) -> dict[str, torch.Tensor]:
     """Per class, a seeded permutation: ``round(test_fraction·n_c)`` to test, then ``round(val_fraction·rest)`` to
-    val, the remainder to train. Returns sorted index tensors {"train", "val", "test"}."""
+    val, the remainder to train. Returns index tensors {"train", "val", "test"}: train sorted, val and test in a
+    seeded shuffled order. The file list is sorted by class, so a sorted evaluation split would be class-sorted and
+    any partial evaluation (``limit_val_batches``, the first N test images) would see a single class and report
+    the fraction predicted as that class as "accuracy"."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
     for c in range(int(labels.max()) + 1):
@@ -109,7 +112,11 @@ def stratified_split(
         out["test"].append(members[:n_test])
         out["val"].append(members[n_test : n_test + n_val])
         out["train"].append(members[n_test + n_val :])
-    return {k: torch.cat(v).sort().values for k, v in out.items()}
+    split = {k: torch.cat(v) for k, v in out.items()}
+    split["train"] = split["train"].sort().values
+    for k in ("val", "test"):
+        split[k] = split[k][torch.randperm(len(split[k]), generator=g)]
+    return split
 
 
 class MalariaDataModule(ImageDataModule):
@@ -118,7 +125,7 @@ class MalariaDataModule(ImageDataModule):
 
     Split (D19): stratified by class and seeded by ``split_seed``: ``test_fraction`` of each class is the test set,
     ``val_fraction`` of the rest is held out for validation. The split is written to ``split_file`` if given
-    (an existing file there is read and used as is), else to
+    (an existing file there is read and used as is, in its order), else to
     ``<cache>/splits/malaria-<data hash>-seed<S>-test<T>-val<V>.json``; its path is printed and kept in
     ``split_path``. Re-running with the same data and arguments reproduces the same file.
     """
@@ -163,7 +170,8 @@ class MalariaDataModule(ImageDataModule):
         if path.exists():
             record = json.loads(path.read_text())
             try:
-                split = {k: torch.tensor(sorted(position[n] for n in record[k]), dtype=torch.long) for k in computed}
+                # the file's order is the served order (train: any; val, test: the order evaluated in)
+                split = {k: torch.tensor([position[n] for n in record[k]], dtype=torch.long) for k in computed}
             except KeyError as err:
                 raise ValueError(f"split file {path} names an image or split not in the data: {err}") from err
             if not self.split_file and any(not torch.equal(split[k], computed[k]) for k in computed):

@@ -70,14 +70,17 @@ class GaussianDiffusion(nn.Module):
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t`` in the reference's form ``√(1/ᾱ)·x_t − √(1/ᾱ−1)·ε̂``."""
         n = x_t.ndim
-        return extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+        recip, recipm1 = extract(self.sqrt_recip_alphas_cumprod, t, n), extract(self.sqrt_recipm1_alphas_cumprod, t, n)
+        return recip * x_t - recipm1 * eps
 
     def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of ``q(x_{t-1} | x_t, x0)``: ``c1_t·x0 + c2_t·x_t``."""
         n = x_t.ndim
         return extract(self.posterior_mean_coef1, t, n) * x0 + extract(self.posterior_mean_coef2, t, n) * x_t
 
-    def p_mean(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip_denoised: bool = False) -> torch.Tensor:
+    def p_mean(
+        self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip_denoised: bool = False
+    ) -> torch.Tensor:
         """Mean of ``p(x_{t-1} | x_t)`` given the predicted noise; x̂0 unclipped by default (spec §3)."""
         x0 = self.predict_x0(x_t, t, eps)
         if clip_denoised:
@@ -98,7 +101,9 @@ class GaussianDiffusion(nn.Module):
         return mean + nonzero * extract(self.sampling_variance, t, x_t.ndim).sqrt() * noise
 
     # training --------------------------------------------------------------------------------------------------
-    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_timesteps(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Uniform ``i ~ U{0…T−1}``, one per example (the reference's uniform schedule sampler)."""
         return torch.randint(0, self.num_steps, (batch,), device=device, generator=generator)
 

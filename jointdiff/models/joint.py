@@ -109,7 +109,9 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         if noisy_timesteps is not None:
             bad = [i for i in noisy_timesteps if not 0 <= i < diffusion_steps]
             if not noisy_timesteps or bad:
-                raise ValueError(f"noisy_timesteps must be a non-empty subset of 0..{diffusion_steps - 1}, got {bad or []}")
+                raise ValueError(
+                    f"noisy_timesteps must be a non-empty subset of 0..{diffusion_steps - 1}, got {bad or []}"
+                )
             self.register_buffer("noisy_steps", torch.tensor(list(noisy_timesteps)), persistent=False)
         self.has_head = classifier_weight > 0
         unet = UNet(

@@ -46,5 +46,5 @@ def use_legacy_attention(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def reference_ema_update(target: Iterable[torch.Tensor], source: Iterable[torch.Tensor], rate: float) -> None:
     """guided-diffusion's ``update_ema``: one Python-level op pair per parameter."""
-    for targ, src in zip(target, source):
+    for targ, src in zip(target, source, strict=True):
         targ.detach().mul_(rate).add_(src, alpha=1 - rate)
