@@ -4,7 +4,7 @@
         --checkpoint runs/malaria/joint_counterfactual_quick/checkpoints/last.ckpt --output runs/cf_sweep_malaria \\
         --alphas 0 200 1000 --num_per_class 32
 
-Test images (``--num_per_class`` of each class, the first of each in the class-sorted test split) are noised to
+Test images (``--num_per_class`` of each class, the first of each class in the served test order) are noised to
 ``round(f·T)`` steps and denoised toward the other class (Parasitized ↔ Uninfected) with the joint sampler; the
 same seed for every α, so α=0 is the plain noise-and-denoise reconstruction the counterfactual must beat. Judged by
 an independent small CNN (LeNet-5 layout for 3×32×32, trained here on the training split; its test accuracy is

@@ -172,3 +172,25 @@ def test_auto_batch_size_on_cpu_and_the_probe_step_of_every_sampler(ckpt, tmp_pa
     assert all(p.grad is None for p in model.parameters())  # and leaves no parameter gradients behind
     run("--checkpoint", ckpt, "--sampler", "ddpm", "--num", 3, "--batch_size", "auto", "--output", tmp_path / "a")
     assert json.loads((tmp_path / "a" / "sample.json").read_text())["batch_size"] == 3
+
+
+def test_clip_denoised_keeps_samples_in_range_and_defaults_to_each_samplers_reference(ckpt):
+    from jointdiff.commands.sample import generate, load_diffusion_model
+
+    model = load_diffusion_model(ckpt)
+    with torch.no_grad():
+        model.network.unet.out[-1].weight.mul_(40)  # an ε-predictor far off scale, as early in training
+        model.ema.module.load_state_dict(model.network.state_dict())
+
+    def draw(sampler, **kw):
+        g = torch.Generator().manual_seed(0)
+        target = torch.tensor(1) if sampler == "joint" else None
+        return generate(model, sampler, 4, target, alpha=2.0, generator=g, **kw)
+
+    for sampler in ("ddpm", "joint"):
+        default, clipped = draw(sampler), draw(sampler, clip_denoised=True)
+        assert default.abs().max() > 1.5  # the reference sampler does not clamp x̂0 ...
+        assert torch.equal(default, draw(sampler, clip_denoised=False))
+        assert clipped.abs().max() <= 1.0 + 1e-6  # ... and with clamping the last step returns the clamped x̂0
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.sample(4, generator=g, clip_denoised=True), draw("ddpm", clip_denoised=True))

@@ -25,16 +25,24 @@ class SampleGrid(L.Callback):
     the model's EMA weights (fixed seed, so grids are comparable over training) and writes
     ``<run dir>/samples/step_XXXXXXX.png``.
 
-    The model must provide ``sample(num, generator, use_ema, progress)``.
+    ``clip_denoised``: clamp x̂0 to [-1, 1] at every step (guided-diffusion's option). Off by default, as the
+    reference samples; an early model (hundreds of steps) then tends to diverge to saturated black/white tiles
+    that say little about what it has learned (``docs/results.md``), which is why the quick configs switch it on.
+
+    The model must provide ``sample(num, generator, use_ema, progress, clip_denoised)``.
     """
 
-    def __init__(self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0, use_ema: bool = True):
+    def __init__(
+        self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0, use_ema: bool = True,
+        clip_denoised: bool = False,
+    ):
         if every_n_epochs < 1 or num_samples < 1:
             raise ValueError("every_n_epochs and num_samples must be >= 1")
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.seed = seed
         self.use_ema = use_ema
+        self.clip_denoised = clip_denoised
         self.last_step: int | None = None
         self.last_path: Path | None = None
 
@@ -50,7 +58,8 @@ class SampleGrid(L.Callback):
 
     def _sample_and_save(self, trainer: L.Trainer, pl_module: L.LightningModule, directory: Path) -> None:
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        images = pl_module.sample(self.num_samples, generator=gen, use_ema=self.use_ema, progress=True)
+        images = pl_module.sample(self.num_samples, generator=gen, use_ema=self.use_ema, progress=True,
+                                  clip_denoised=self.clip_denoised)
         path = save_grid(images, directory / "samples" / f"step_{trainer.global_step:07d}.png")
         log_image(trainer, "samples/unconditional", path, step=trainer.global_step)
         self.last_path = path

@@ -193,8 +193,12 @@ def generate(
     batch_size: int = 64,
     weights: Weights = "model",
     progress: bool = False,
+    clip_denoised: bool | None = None,
 ) -> torch.Tensor:
-    """``num`` samples (unclipped floats, (num, c, H, W)) of ``target`` (None for ``ddpm``/``ddim``) in batches."""
+    """``num`` samples (floats, (num, c, H, W)) of ``target`` (None for ``ddpm``/``ddim``) in batches.
+    ``clip_denoised=None`` is each sampler's reference default: no clamping of x̂0, except guidance (clamped, as
+    guided-diffusion's ``classifier_sample.py``)."""
+    clip = {} if clip_denoised is None else {"clip_denoised": clip_denoised}
     hp = model.hparams
     net = pick_network(model, weights)
     device = next(net.parameters()).device
@@ -204,20 +208,21 @@ def generate(
         shape = (b, hp.channels, hp.image_size, hp.image_size)
         y = None if target is None else target.to(device).expand(b, *target.shape).clone()
         if sampler == "ddpm":
-            x = ddpm_sample(net, model.diffusion, shape, device=device, generator=generator, progress=progress)
+            x = ddpm_sample(net, model.diffusion, shape, device=device, generator=generator, progress=progress, **clip)
         elif sampler == "ddim":
             timesteps = respaced_timesteps(model.diffusion.num_steps, steps or model.diffusion.num_steps)
             x_T = torch.randn(shape, device=device, generator=generator)
-            x = ddim_sample(net, model.diffusion, x_T, timesteps, eta=eta, generator=generator, progress=progress)
+            x = ddim_sample(net, model.diffusion, x_T, timesteps, eta=eta, generator=generator, progress=progress,
+                            **clip)
         elif sampler == "joint":
             x = joint_conditional_sample(net, model.diffusion, shape, y, alpha, direction=direction, task=hp.task,
-                                         device=device, generator=generator, progress=progress)
+                                         device=device, generator=generator, progress=progress, **clip)
         elif sampler == "guidance":
             if classifier is None:
                 raise ValueError("the guidance sampler needs --classifier (a noise-aware classifier checkpoint)")
             fn, n, task = classifier
             x = classifier_guided_sample(net, fn, model.diffusion, shape, y, scale, num_classes=n, task=task,
-                                         device=device, generator=generator, progress=progress)
+                                         device=device, generator=generator, progress=progress, **clip)
         else:
             raise ValueError(f"unknown sampler {sampler!r}; choose ddpm, ddim, joint or guidance")
         out.append(x)
@@ -267,6 +272,7 @@ def sample(
     seed: int = 0,
     batch_size: int | Literal["auto"] = 64,
     weights: Weights = "model",
+    clip_denoised: bool | None = None,
     judge: str | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -290,6 +296,8 @@ def sample(
         batch_size: samples per sampler call; ``auto`` fills the device (the largest batch whose reverse step
             fits in GPU memory, found by doubling; 64 on CPU) and records the choice in ``sample.json``.
         weights: ema | raw | model (the checkpoint's ``eval_weights``).
+        clip_denoised: clamp x̂0 to [-1, 1] at every step. Default: each sampler's reference behaviour (no clamping;
+            clamped for guidance, as guided-diffusion's ``classifier_sample.py``).
         judge: an independent classifier checkpoint (e.g. StandaloneClassifier) to report the class hit rate.
         device: cpu, cuda, …
         progress: show progress bars.
@@ -324,7 +332,7 @@ def sample(
     for k, target in enumerate(groups):
         x = generate(model, sampler, num, target, alpha=alpha, direction=direction, scale=scale, classifier=guide,
                      steps=steps, eta=eta, generator=generator, batch_size=batch_size, weights=weights,
-                     progress=progress)
+                     progress=progress, clip_denoised=clip_denoised)
         if target is None:
             name = "samples"
         else:
@@ -352,7 +360,7 @@ def sample(
     np.savez(out / "samples.npz", **arrays)
     record.update(
         checkpoint=str(checkpoint), sampler=sampler, num=num, seed=seed, weights=weights, npz=str(out / "samples.npz"),
-        batch_size=batch_size,
+        batch_size=batch_size, clip_denoised=clip_denoised,
         alpha=alpha if sampler == "joint" else None, direction=direction if sampler == "joint" else None,
         scale=scale if sampler == "guidance" else None, classifier=classifier, judge=judge,
         steps=steps if sampler == "ddim" else model.diffusion.num_steps, eta=eta if sampler == "ddim" else None,

@@ -287,15 +287,18 @@ class JointDiffusion(RecordsClass, L.LightningModule):
     # sampling ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
-        self, num: int, generator: torch.Generator | None = None, use_ema: bool = True, progress: bool = False
+        self, num: int, generator: torch.Generator | None = None, use_ema: bool = True, progress: bool = False,
+        clip_denoised: bool = False,
     ) -> torch.Tensor:
-        """Unconditional ancestral samples, (num, c, H, W) unclipped floats in about [-1, 1]."""
+        """Unconditional ancestral samples, (num, c, H, W) floats. ``clip_denoised=False`` is the reference's sampler
+        (x̂0 not clamped; an under-trained model's samples can leave [-1, 1] far behind)."""
         net = self.ema.module if use_ema else self.network
         was_training = net.training
         net.eval()
         hp = self.hparams
         shape = (num, hp.channels, hp.image_size, hp.image_size)
-        x = ddpm_sample(net, self.diffusion, shape, device=self.device, generator=generator, progress=progress)
+        x = ddpm_sample(net, self.diffusion, shape, device=self.device, generator=generator, progress=progress,
+                        clip_denoised=clip_denoised)
         net.train(was_training)
         return x
 
