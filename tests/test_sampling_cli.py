@@ -194,3 +194,23 @@ def test_clip_denoised_keeps_samples_in_range_and_defaults_to_each_samplers_refe
         assert clipped.abs().max() <= 1.0 + 1e-6  # ... and with clamping the last step returns the clamped x̂0
     g = torch.Generator().manual_seed(0)
     assert torch.equal(model.sample(4, generator=g, clip_denoised=True), draw("ddpm", clip_denoised=True))
+
+
+def test_sample_grid_draws_with_its_clip_setting(tmp_path):
+    from types import SimpleNamespace
+
+    from jointdiff.callbacks import SampleGrid
+
+    calls = []
+
+    class Stub:
+        device = torch.device("cpu")
+
+        def sample(self, num, generator=None, use_ema=True, progress=False, clip_denoised=False):
+            calls.append(clip_denoised)
+            return torch.zeros(num, 1, 4, 4)
+
+    trainer = SimpleNamespace(global_step=3, loggers=[])
+    for clip in (False, True):
+        SampleGrid(num_samples=2, clip_denoised=clip)._sample_and_save(trainer, Stub(), tmp_path)
+    assert calls == [False, True] and (tmp_path / "samples" / "step_0000003.png").is_file()
