@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY_MODEL = dict(
     model_channels=16,
@@ -12,6 +13,16 @@ TINY_MODEL = dict(
     attention_downsample=[],
     diffusion_steps=50,
 )
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, restored after it: tiny models and small metric computations run several
+    times faster single-threaded than with threads oversubscribing the cores of a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

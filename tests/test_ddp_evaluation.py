@@ -29,13 +29,7 @@ TINY = dict(
 N_TEST = 61  # odd, and not a multiple of the eval batch: a padding DistributedSampler would repeat one example
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: several intra-op threads per process oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SyntheticDataModule(ImageDataModule):

@@ -19,14 +19,7 @@ from jointdiff.metrics.reference import ReferenceCache, ReferenceKey, assemble, 
 from jointdiff.models.checkpoints import CLASS_KEY, load_model
 from jointdiff.nn.heads import pooled_features
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: several intra-op threads per process oversubscribe it (40× slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from jointdiff.metrics.feature_sets import canonical
 from jointdiff.metrics.knn_precision_recall import knn_precision_recall
 from jointdiff.metrics.prd import cluster_histograms, prd_curve, prd_precision_recall, prd_summary
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine is shared: several intra-op threads per process oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(n, d, shift=0.0, scale=1.0, seed=0, dtype=torch.float64):

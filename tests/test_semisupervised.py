@@ -23,13 +23,7 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JOINTDIFF_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train several times faster single-threaded on a shared CPU; restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _targets(n=1000, k=10, seed=0):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointdiff.nn.layers import AttentionBlock, GroupNorm32, ResBlock, TimestepBlock, timestep_embedding
-from jointdiff.nn.unet import CHANNEL_MULT
+from jointdiff.nn.unet import default_channel_mult
 
 
 class DownResBlock(ResBlock):
@@ -92,9 +92,7 @@ class EncoderUNet(nn.Module):
     ):
         super().__init__()
         if channel_mult is None:
-            if image_size not in CHANNEL_MULT:
-                raise ValueError(f"no default channel_mult for image_size={image_size}; pass channel_mult")
-            channel_mult = CHANNEL_MULT[image_size]
+            channel_mult = default_channel_mult(image_size)
         if attention_downsample is None:
             attention_downsample = tuple(image_size // r for r in (32, 16, 8))
         attention_downsample = set(attention_downsample)

@@ -34,6 +34,13 @@ CHANNEL_MULT = {
 }
 
 
+def default_channel_mult(image_size: int) -> tuple[float, ...]:
+    """The reference's ``channel_mult`` for ``image_size`` (shared by the UNet and the noise-aware classifier)."""
+    if image_size not in CHANNEL_MULT:
+        raise ValueError(f"no default channel_mult for image_size={image_size}; pass channel_mult")
+    return CHANNEL_MULT[image_size]
+
+
 def reference_attention_downsample(image_size: int, resolutions: Sequence[int] = (16, 8)) -> tuple[int, ...]:
     """The reference turns ``attention_resolutions="16,8"`` into downsample factors ``H // r``.
 
@@ -75,9 +82,7 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if channel_mult is None:
-            if image_size not in CHANNEL_MULT:
-                raise ValueError(f"no default channel_mult for image_size={image_size}; pass channel_mult")
-            channel_mult = CHANNEL_MULT[image_size]
+            channel_mult = default_channel_mult(image_size)
         if attention_downsample is None:
             attention_downsample = reference_attention_downsample(image_size)
         self.image_size = image_size
