@@ -9,7 +9,7 @@ SHARED_DATA := $(wildcard ../shared/data)
 export JOINTDIFF_DATA_ROOT ?= $(if $(SHARED_DATA),$(abspath $(SHARED_DATA)),)
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check jointdiff tests experiments
+
+# wheels the GPU device machine lacks (.whl/) and Fashion-MNIST (.gpu_data/), for experiments/gpu/README.md
+gpu-wheels: install
+	PYTHON=$(BIN)/python bash experiments/gpu/fetch_wheels.sh
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -61,7 +61,7 @@ def build(config: str, impl: str, device: str):
         opt = model.configure_optimizers()
 
         def ema_update(step: int) -> None:
-            model.ema.update(model.network, step)
+            model.ema.update(model.network)
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(1, ch, size, size, generator=gen) * 2 - 1).to(device)

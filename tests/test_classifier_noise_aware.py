@@ -122,9 +122,11 @@ def test_fit_logs_clean_noised_and_per_quarter_accuracy(tmp_path):
 
 def test_schedule_mismatch_with_the_guided_ddpm_is_refused():
     model = tiny_model()
-    model.check_matches(GaussianDiffusion(20, "linear"))
-    with pytest.raises(ValueError, match="trained for T=20 .linear schedule. but the DDPM uses T=500"):
-        model.check_matches(GaussianDiffusion(500, "linear"))
+    model.check_matches(GaussianDiffusion(20, "reference_linear"))
+    with pytest.raises(ValueError, match="trained for T=20 .reference_linear schedule. but the DDPM uses T=500"):
+        model.check_matches(GaussianDiffusion(500, "reference_linear"))
+    with pytest.raises(ValueError, match="reference_linear schedule. but the DDPM uses T=20 .ho_linear"):
+        model.check_matches(GaussianDiffusion(20, "ho_linear"))
 
 
 def test_plugs_into_the_guidance_gradient():

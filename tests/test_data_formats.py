@@ -215,12 +215,13 @@ def test_malaria_folder_and_zip_give_the_same_data(tmp_path):
         np.testing.assert_array_equal(_uint8(a.test_set)[k].transpose(1, 2, 0), flat)
 
 
-def test_malaria_resize_matches_reference_center_crop(tmp_path):
+def test_malaria_standard_resize_is_torchvision_resize_and_center_crop(tmp_path):
     rng = np.random.default_rng(1)
     images = {f"{c}/cell_{i}.png": rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
               for c in ("Parasitized", "Uninfected") for i in range(3)}
     fx.write_malaria_zip(tmp_path / "cells.zip", images)  # any zip name with the NIH layout
-    dm = MalariaDataModule(root=str(tmp_path), image_size=32, test_fraction=0.34, val_fraction=0.0)
+    dm = MalariaDataModule(root=str(tmp_path), image_size=32, test_fraction=0.34, val_fraction=0.0,
+                           preprocessing="standard")
     dm.setup()
     name = json.loads(dm.split_path.read_text())["test"][0]
     ref = np.asarray(T.CenterCrop(32)(T.Resize(32)(Image.fromarray(images[name])))).astype(np.int64)

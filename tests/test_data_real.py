@@ -135,3 +135,97 @@ def test_semi_supervised_one_percent_on_real_fashion_mnist(data_env, fashion):
     assert torch.equal(dm.val_set.targets, fashion.val_set.targets)
     assert torch.equal(dm.test_set.targets, fashion.test_set.targets)
     assert torch.equal(dm.train_set.images, fashion.train_set.images)  # every image stays in for the diffusion loss
+
+
+# MALARIA's two preprocessings, on real cell images ---------------------------------------------------------------
+def _center_crop_arr(pil_image, image_size):
+    """guided-diffusion's ``image_datasets.center_crop_arr``, transcribed (the reference's MALARIA resize)."""
+    import numpy as np
+    from PIL import Image
+
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    crop_y = (arr.shape[0] - image_size) // 2
+    crop_x = (arr.shape[1] - image_size) // 2
+    return arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size]
+
+
+@pytest.fixture(scope="module")
+def malaria_cells(data_env, tmp_path_factory):
+    """A zip of 12 real cells per class taken from the real archive: {name: PNG bytes}, and its folder."""
+    import zipfile
+    from pathlib import Path
+
+    source = Path(os.environ["JOINTDIFF_DATA_ROOT"]) / "malaria" / "cell_images_32px.zip"
+    root = tmp_path_factory.mktemp("malaria-real")
+    cells = {}
+    with zipfile.ZipFile(source) as z:
+        for cls in ("Parasitized", "Uninfected"):
+            names = sorted(n for n in z.namelist() if n.startswith(f"cell_images/{cls}/") and n.endswith(".png"))
+            cells.update({n[len("cell_images/"):]: z.read(n) for n in names[:12]})
+    with zipfile.ZipFile(root / "cell_images.zip", "w") as z:
+        for name, data in cells.items():
+            z.writestr(f"cell_images/{name}", data)
+    return cells, root
+
+
+def _stored_by_name(dm) -> dict:
+    record = json.loads(dm.split_path.read_text())
+    return {name: dm.train_set.images[k] for k, name in enumerate(record["train"])}
+
+
+@pytest.mark.parametrize("size", [64, 16])  # 32 px sources: BICUBIC up; BOX halving, then BICUBIC down
+def test_malaria_reference_preprocessing_is_center_crop_arr(malaria_cells, size):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    cells, root = malaria_cells
+    dm = _setup(MalariaDataModule(root=str(root), image_size=size, test_fraction=0.25, val_fraction=0.0,
+                                  preprocessing="reference", download=False))
+    stored = _stored_by_name(dm)
+    assert len(stored) == 18
+    for name, image in stored.items():
+        expected = _center_crop_arr(Image.open(io.BytesIO(cells[name])).convert("RGB"), size)
+        np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected, err_msg=name)
+
+
+def test_malaria_standard_preprocessing_is_torchvision_resize(malaria_cells):
+    import io
+
+    import numpy as np
+    import torchvision.transforms as T
+    from PIL import Image
+
+    cells, root = malaria_cells
+    dm = _setup(MalariaDataModule(root=str(root), image_size=48, test_fraction=0.25, val_fraction=0.0,
+                                  preprocessing="standard", download=False))
+    for name, image in _stored_by_name(dm).items():
+        ref = np.asarray(T.CenterCrop(48)(T.Resize(48)(Image.open(io.BytesIO(cells[name])).convert("RGB"))))
+        assert np.abs(image.permute(1, 2, 0).numpy().astype(np.int64) - ref).max() <= 1, name
+    x, _ = dm.test_set.__getitems__(list(range(len(dm.test_set))))
+    assert torch.equal(x, dm.test_set.__getitems__(list(range(len(dm.test_set))))[0])  # no flips
+
+
+def test_malaria_reference_flips_every_split_at_every_load_reproducibly(malaria_cells):
+    _, root = malaria_cells
+    dm = _setup(MalariaDataModule(root=str(root), image_size=32, test_fraction=0.25, val_fraction=0.2,
+                                  preprocessing="reference", download=False))
+    for split in (dm.train_set, dm.val_set, dm.test_set):
+        stored = split.to_float(split.images)
+        index = list(range(len(split)))
+        torch.manual_seed(0)
+        loads = [split.__getitems__(index)[0] for _ in range(200)]
+        flipped = torch.stack([(x == stored.flip(-1)).flatten(1).all(1) & (x != stored).flatten(1).any(1)
+                               for x in loads])
+        kept = torch.stack([(x == stored).flatten(1).all(1) for x in loads])
+        assert bool((flipped | kept).all())  # every load is the image or its mirror image
+        assert abs(flipped.float().mean().item() - 0.5) < 0.05  # each with probability ½, per image and load
+        torch.manual_seed(0)
+        assert torch.equal(split.__getitems__(index)[0], loads[0])  # seeded
+        single = torch.stack([split[i][0] for i in index])
+        assert bool(((single == stored) | (single == stored.flip(-1))).flatten(1).all(1).all())

@@ -9,11 +9,39 @@ import torch
 from jointdiff.diffusion import GaussianDiffusion, ddpm_sample, eps_loss, make_beta_schedule, to_uint8
 
 
-def test_linear_schedule_scales_with_T():
+def fork_linear_betas(num_diffusion_timesteps: int) -> np.ndarray:
+    """The authors' fork of guided-diffusion, ``get_named_beta_schedule("linear", T)``, transcribed."""
+    if num_diffusion_timesteps < 10:
+        scale = 100 / num_diffusion_timesteps
+        multiply = 0.01
+    else:
+        scale = 1000 / num_diffusion_timesteps
+        multiply = 0.001
+    return np.linspace(scale * multiply, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
+
+
+def test_reference_linear_schedule_is_the_forks_formula():
+    for T in [3, 5, 9, 21, 50, 100, 250, 500, 1000, 4000]:
+        betas = make_beta_schedule("reference_linear", T)
+        assert betas.dtype == torch.float64 and len(betas) == T
+        np.testing.assert_array_equal(betas.numpy(), fork_linear_betas(T))
+    # the paper's two settings: T=1000 runs 1e-3 → 0.02, T=500 runs 2e-3 → 0.04 (√β_0 ≈ 0.045)
+    assert make_beta_schedule("reference_linear", 500)[[0, -1]].tolist() == pytest.approx([2e-3, 0.04], rel=1e-12)
+    assert make_beta_schedule("reference_linear", 1000)[[0, -1]].tolist() == pytest.approx([1e-3, 0.02], rel=1e-12)
+    assert GaussianDiffusion(500).schedule == "reference_linear"  # the default of every model
+
+
+def test_ho_linear_schedule_scales_with_T():
     for T, lo, hi in [(1000, 1e-4, 0.02), (500, 2e-4, 0.04)]:
-        betas = make_beta_schedule("linear", T)
+        betas = make_beta_schedule("ho_linear", T)
         assert betas.dtype == torch.float64 and len(betas) == T
         np.testing.assert_allclose(betas.numpy(), np.linspace(lo, hi, T), rtol=0, atol=1e-15)
+
+
+def test_legacy_linear_name_reads_as_ho_linear():
+    # checkpoints written before the split say "linear": they were trained on Ho et al.'s schedule
+    assert GaussianDiffusion(500, "linear").schedule == "ho_linear"
+    assert torch.equal(make_beta_schedule("linear", 500), make_beta_schedule("ho_linear", 500))
 
 
 def test_cosine_schedule_matches_alpha_bar_formula():
@@ -26,9 +54,10 @@ def test_cosine_schedule_matches_alpha_bar_formula():
 
 
 def test_tiny_T_clips_beta_instead_of_reaching_one():
-    betas = make_beta_schedule("linear", 10)
-    assert betas.max() == 0.999 and (1 - betas).prod() > 0
-    assert make_beta_schedule("linear", 21).max() < 0.999  # nothing clipped beyond T = 20
+    for name in ("reference_linear", "ho_linear"):
+        betas = make_beta_schedule(name, 10)
+        assert betas.max() == 0.999 and (1 - betas).prod() > 0
+        assert make_beta_schedule(name, 21).max() < 0.999  # nothing clipped beyond T = 20
 
 
 def test_dtype_casts_leave_schedule_tables_exact():
@@ -44,11 +73,11 @@ def test_unknown_schedule_is_rejected():
 
 @pytest.fixture(scope="module")
 def diff():
-    return GaussianDiffusion(50, "linear", dtype=torch.float64)
+    return GaussianDiffusion(50, "reference_linear", dtype=torch.float64)
 
 
 def closed_forms(T: int, i: int):
-    betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T)
+    betas = fork_linear_betas(T)
     ab = np.cumprod(1 - betas)
     ab_prev = 1.0 if i == 0 else ab[i - 1]
     return betas[i], ab[i], ab_prev
@@ -84,7 +113,7 @@ def test_fixed_large_variance(diff):
     beta1, ab1, ab0 = closed_forms(50, 1)
     var = diff.sampling_variance.numpy()
     np.testing.assert_allclose(var[0], beta1 * (1 - ab0) / (1 - ab1), rtol=1e-6)  # σ_0² = β̃_1
-    np.testing.assert_allclose(var[1:], make_beta_schedule("linear", 50).numpy()[1:], rtol=1e-6)
+    np.testing.assert_allclose(var[1:], fork_linear_betas(50)[1:], rtol=1e-6)
 
 
 def test_last_step_adds_no_noise(diff):

@@ -85,6 +85,35 @@ def test_init_from_and_skip_classifier_loss_arguments(tmp_path):
     assert torch.equal(next(same.network.parameters()), changed)
 
 
+def test_stage_two_continues_the_stage_one_ema(tmp_path):
+    tiny = dict(model_channels=16, norm_groups=8, num_res_blocks=1, attention_downsample=[], diffusion_steps=10,
+                ema_decay=0.999)
+    torch.manual_seed(0)
+    stage1 = JointDiffusion(**tiny)
+    with torch.no_grad():  # an average that differs from the raw weights, as after a real stage 1
+        for p in stage1.ema.module.parameters():
+            p.add_(torch.randn_like(p))
+    stage1.ema.num_updates = 800
+    torch.save({"state_dict": stage1.state_dict(), "global_step": 800}, tmp_path / "stage1.ckpt")
+    stage2 = JointDiffusion(init_from=str(tmp_path / "stage1.ckpt"), skip_classifier_loss=True, **tiny)
+    stage2.setup("fit")
+    assert stage2.ema.num_updates == 800
+    loaded = [p.clone() for p in stage2.ema.module.parameters()]
+    with torch.no_grad():
+        for p in stage2.network.parameters():
+            p.add_(0.5)
+    stage2.ema.update(stage2.network)  # stage 2's first step: the 801st update, decay min(0.999, 802/811)
+    d = min(0.999, 802 / 811)
+    for old, new, raw in zip(loaded, stage2.ema.module.parameters(), stage2.network.parameters(), strict=True):
+        torch.testing.assert_close(new, d * old + (1 - d) * raw)
+    # a checkpoint written before the EMA kept its count: the count is the checkpoint's global step
+    legacy = {k: v for k, v in stage1.state_dict().items() if k != "ema._extra_state"}
+    torch.save({"state_dict": legacy, "global_step": 640}, tmp_path / "legacy.ckpt")
+    again = JointDiffusion(init_from=str(tmp_path / "legacy.ckpt"), **tiny)
+    again.setup("fit")
+    assert again.ema.num_updates == 640
+
+
 def test_two_stage_driver_end_to_end(data_root, tmp_path):
     spec = importlib.util.spec_from_file_location("domain_adaptation", REPO / "experiments" / "domain_adaptation.py")
     driver = importlib.util.module_from_spec(spec)
@@ -115,3 +144,4 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
     assert head and encoder
     assert all(torch.equal(one[k], two[k]) for k in head)  # frozen head: weights and BatchNorm statistics as loaded
     assert any(not torch.equal(one[k], two[k]) for k in encoder)  # the encoder adapted to the target
+    assert int(one["ema._extra_state"]) == 3 and int(two["ema._extra_state"]) == 6  # one EMA over both stages

@@ -108,7 +108,9 @@ def test_ema_update_matches_formula_with_warmup():
         for p in net.parameters():
             p.add_(1.0)
         net[1].running_mean.fill_(0.5)
-    ema.update(net, step=2)
+    ema.num_updates = 1  # the next update is the second: k = 2
+    ema.update(net)
+    assert ema.num_updates == 2
     d = min(0.9, 3 / 12)
     for old, new, cur in zip(before, ema.module.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(new, d * old + (1 - d) * cur)
@@ -150,3 +152,22 @@ def test_mismatched_datamodule_is_rejected_before_training(fmnist, tmp_path):
     with pytest.raises(ValueError, match="num_classes=5 does not match data.num_classes=10"):
         trainer.fit(model, datamodule=fmnist)
     assert trainer.global_step == 0
+
+
+def test_checkpoint_of_another_noise_schedule_is_refused_and_legacy_ones_load_as_trained(tmp_path):
+    from jointdiff.models.checkpoints import CLASS_KEY, load_model
+
+    old = tiny(beta_schedule="ho_linear")
+    hparams = {**dict(old.hparams), "beta_schedule": "linear"}  # how checkpoints before 2026-12-02 name it
+    state = {k: v for k, v in old.state_dict().items() if k != "ema._extra_state"}  # nor did they count EMA updates
+    ckpt = {CLASS_KEY: "jointdiff.models.joint.JointDiffusion", "hyper_parameters": hparams, "state_dict": state,
+            "global_step": 37}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    loaded = load_model(tmp_path / "old.ckpt")
+    assert loaded.diffusion.schedule == "ho_linear" and loaded.ema.num_updates == 37
+    torch.testing.assert_close(loaded.diffusion.betas, old.diffusion.betas, rtol=0, atol=0)
+    # the same checkpoint given to a model built on the (new default) reference schedule: one clear line, no load
+    with pytest.raises(ValueError, match="trained with T=.* and the ho_linear β schedule but this model is built with "
+                                         ".* reference_linear"):
+        tiny().on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=False))
+    tiny(beta_schedule="ho_linear").on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=False))

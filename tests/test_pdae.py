@@ -77,14 +77,14 @@ def test_loss_weight_and_shift_coefficient_match_float64_formulas():
         lam = (1 / (1 + snr)) ** 0.9 * (snr / (1 + snr)) ** 0.1  # paper eq. 10 as written
         sigma = betas * (1 - ab_prev) / (1 - ab)  # β̃_t
         c = np.sqrt(1 - betas) * np.sqrt(1 - ab) / betas * sigma  # pdae.md §0's second form
-        d = GaussianDiffusion(T)
+        d = GaussianDiffusion(T, "ho_linear")  # PDAE's schedule (pdae.md §0)
         got_lam = pdae_loss_weight(d.tables64["alphas_cumprod"], 0.1).numpy()
         got_c = shift_coefficient(d.tables64["betas"], d.tables64["alphas_cumprod"]).numpy()
         np.testing.assert_allclose(got_lam, lam, rtol=1e-12, atol=0)
         np.testing.assert_allclose(got_c, c, rtol=1e-12, atol=1e-300)
         assert got_c[0] == 0.0
     # pdae.md §4's quoted values under T = 1000: λ_0 = 2.5e-4, peak 0.722 at t = 475, λ_999 = 0.36
-    lam = pdae_loss_weight(GaussianDiffusion(1000).tables64["alphas_cumprod"]).numpy()
+    lam = pdae_loss_weight(GaussianDiffusion(1000, "ho_linear").tables64["alphas_cumprod"]).numpy()
     assert lam[0] == pytest.approx(2.5e-4, rel=0.01) and int(lam.argmax()) == 475
     assert lam[475] == pytest.approx(0.722, abs=5e-4) and lam[999] == pytest.approx(0.36, abs=5e-3)
 

@@ -39,11 +39,11 @@ def test_foreach_ema_equals_reference_per_parameter_loop():
     net = randomised(UNet(16, 1, 16, channel_mult=(1, 2), num_res_blocks=1, attention_downsample=[], norm_groups=8))
     ema = EMA(net, decay=0.99, warmup=False)
     reference = [p.detach().clone() for p in net.parameters()]
-    for step in range(3):
+    for _ in range(3):
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-        ema.update(net, step)
+        ema.update(net)
         reference_ema_update(reference, net.parameters(), 0.99)
     for a, b in zip(ema.module.parameters(), reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -39,6 +39,7 @@ from jointdiff.metrics.reference import (
     ReferenceKey,
     assemble,
     dataset_fingerprint,
+    drop_incomplete_batch,
     extract_reference_features,
     global_batches,
     rank_batches,
@@ -67,8 +68,10 @@ class GenerativeEvaluation(L.Callback):
         batch_size: samples per global batch (also the batch of real-feature extraction).
         feature_extractors: ``inception`` (standard FID InceptionV3, the default) and/or ``classifier:<ckpt>``
             (a project classifier checkpoint, offline); prefix ``name=`` to choose the name used in the keys.
-        input_conventions: ``standard`` ([0,1]/uint8 images, the usual FID) and/or ``reference`` (what the
-            authors' code feeds Inception), decision D8. Every combination with the extractors is scored.
+        input_conventions: ``standard`` ([0,1]/uint8 images, the usual FID; every image of the reference split)
+            and/or ``reference`` (what the authors' code feeds Inception, decision D8, against the real set it
+            uses: the split without its last incomplete batch of ``datamodule.batch_size``, design §11). Every
+            combination with the extractors is scored; the convention is part of each logged key.
         inception_weights: path of the FID Inception weights; ``None`` uses the torch hub cache (torch-fidelity's
             and torchmetrics' location), downloading there when ``allow_download``.
         reference_split: real images compared against (D9: ``test``); ``num_reference``: a seeded subset of that
@@ -187,6 +190,16 @@ class GenerativeEvaluation(L.Callback):
             raise ValueError(f"{type(dm).__name__} provides no {self.reference_split} split for the reference features")
         return dataset
 
+    @staticmethod
+    def _reference_loader_batch(dm) -> int:
+        """The batch of the reference's evaluation loader: its training (micro)batch, the DataModule's
+        ``batch_size``."""
+        batch = getattr(dm, "batch_size", None)
+        if not isinstance(batch, int):
+            raise ValueError(f"the reference input convention needs the DataModule's batch_size; "
+                             f"{type(dm).__name__} has none")
+        return batch
+
     def reference_features(
         self, trainer: L.Trainer, extractor: FeatureExtractor, convention: str, device: torch.device
     ) -> tuple[torch.Tensor, ReferenceKey, str]:
@@ -196,6 +209,8 @@ class GenerativeEvaluation(L.Callback):
         dataset = self._reference_dataset(trainer)
         subset_seed = 0
         indices = reference_indices(len(dataset), self.num_reference, subset_seed)
+        if convention == "reference":  # and the reference's real set: its loader drops the last incomplete batch
+            indices = drop_incomplete_batch(indices, self._reference_loader_batch(dm))
         key = ReferenceKey(
             dataset=getattr(dm, "name", type(dm).__name__), split=self.reference_split,
             data_fingerprint=dataset_fingerprint(dataset), extractor=extractor.name,

@@ -84,15 +84,21 @@ class ImageTensorDataset(Dataset):
     ``images`` may be backed by a memory-mapped cache file (large datasets such as CelebA). ``targets`` are
     (N,) class ids or (N, n) 0/1 attributes; −1 marks an unlabelled example (the whole row for multi-label).
     ``__getitems__`` lets the DataLoader fetch a batch with one indexing op instead of B Python calls.
+
+    ``random_flip``: every fetch flips each image horizontally with probability ½ (guided-diffusion's
+    ``ImageDataset(random_flip=True)``, which the reference uses for MALARIA in every split). The draws come from
+    torch's global generator, which ``seed_everything`` and Lightning's per-worker seeding make reproducible (the
+    reference's Python ``random`` is never seeded).
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, random_flip: bool = False):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, c, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
         self.targets = targets
+        self.random_flip = random_flip
 
     def __len__(self) -> int:
         return len(self.images)
@@ -101,15 +107,22 @@ class ImageTensorDataset(Dataset):
     def to_float(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(127.5).sub_(1.0)
 
+    def _flip(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, c, H, W) uint8 → each image mirrored left-right with probability ½ (when ``random_flip``)."""
+        if not self.random_flip:
+            return images
+        flip = (torch.rand(images.shape[0]) < 0.5).reshape(-1, 1, 1, 1)
+        return torch.where(flip, images.flip(-1), images)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.to_float(self.images[i]), self.targets[i]
+        return self.to_float(self._flip(self.images[i : i + 1])[0]), self.targets[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
-        return self.to_float(self.images[idx]), self.targets[idx]
+        return self.to_float(self._flip(self.images[idx])), self.targets[idx]
 
     def subset(self, indices: torch.Tensor) -> ImageTensorDataset:
-        return ImageTensorDataset(self.images[indices], self.targets[indices])
+        return ImageTensorDataset(self.images[indices], self.targets[indices], self.random_flip)
 
 
 def collate_batch(batch):

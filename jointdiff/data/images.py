@@ -10,15 +10,18 @@ decoded once, not at every start.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from tqdm.auto import tqdm
@@ -43,10 +46,29 @@ def resize_center_crop(image: torch.Tensor, size: int, pre_crop: int | None = No
     return TF.center_crop(image, [size, size])
 
 
+def reference_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """guided-diffusion's ``center_crop_arr``, as the reference loads MALARIA (design §1): halve with PIL's BOX
+    filter while the shorter side is at least ``2·size``, resize with BICUBIC so the shorter side is ``size`` (each
+    side ``round(side·scale)``), then crop the centre square (offsets rounded down). (H, W, 3) uint8."""
+    while min(*image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(*image.size)
+    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC)
+    array = np.asarray(image)
+    top, left = (array.shape[0] - size) // 2, (array.shape[1] - size) // 2
+    return array[top : top + size, left : left + size]
+
+
+Resampling = Literal["torchvision", "reference"]
+
+
 class ImageFiles(Dataset):
     """Image files as uint8 (3, size, size) tensors: ``files`` are paths under ``folder`` or members of ``zip_path``.
 
-    A zip is opened lazily in each worker process (a file handle shared across fork would interleave seeks).
+    ``resampling``: ``torchvision`` (decode with torchvision, antialiased bilinear resize of the shorter side, centre
+    crop: :func:`resize_center_crop`) or ``reference`` (decode with PIL, guided-diffusion's ``center_crop_arr``:
+    :func:`reference_center_crop`; ``pre_crop`` is not supported there). A zip is opened lazily in each worker
+    process (a file handle shared across fork would interleave seeks).
     """
 
     def __init__(
@@ -56,9 +78,13 @@ class ImageFiles(Dataset):
         folder: Path | None = None,
         zip_path: Path | None = None,
         pre_crop: int | None = None,
+        resampling: Resampling = "torchvision",
     ):
         if (folder is None) == (zip_path is None):
             raise ValueError("give exactly one of folder and zip_path")
+        if resampling not in ("torchvision", "reference") or (resampling == "reference" and pre_crop is not None):
+            raise ValueError(f"resampling must be torchvision|reference (reference: no pre_crop), got {resampling!r}")
+        self.resampling = resampling
         self.files = list(files)
         self.size = size
         self.folder = folder
@@ -81,6 +107,10 @@ class ImageFiles(Dataset):
         name = self.files[i]
         where = f"{self.zip_path}:{name}" if self.zip_path else str(self.folder / name)
         try:
+            if self.resampling == "reference":
+                with Image.open(io.BytesIO(self._read(name))) as pil:
+                    array = reference_center_crop(pil.convert("RGB"), self.size)
+                return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
             data = torch.frombuffer(bytearray(self._read(name)), dtype=torch.uint8)
             image = decode_image(data, mode=ImageReadMode.RGB)
         except Exception as err:
@@ -120,6 +150,8 @@ def cached_decode(
     memory-mapped (copy-on-write, so the tensor is writable without touching the file)."""
     key = {**key, "files": hashlib.sha1("\n".join(files.files).encode()).hexdigest(), "size": files.size,
            "pre_crop": files.pre_crop, "format": 1}
+    if files.resampling != "torchvision":  # (absent for the default, so that existing caches stay valid)
+        key["resampling"] = files.resampling
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_folder / f"{digest}.npy"
     shape = (len(files), 3, files.size, files.size)

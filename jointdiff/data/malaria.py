@@ -18,6 +18,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -25,7 +26,7 @@ from torchvision.datasets.utils import download_url
 
 from jointdiff.callbacks.logging import atomic_write_json
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits, cache_dir
-from jointdiff.data.images import ImageFiles, cached_decode, source_fingerprint
+from jointdiff.data.images import ImageFiles, Resampling, cached_decode, source_fingerprint
 
 CLASSES = ("Uninfected", "Parasitized")  # label = index
 NIH_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"
@@ -42,10 +43,11 @@ class MalariaFiles:
     folder: Path | None = None
     zip_path: Path | None = None
 
-    def image_files(self, size: int) -> ImageFiles:
+    def image_files(self, size: int, resampling: Resampling = "torchvision") -> ImageFiles:
         if self.zip_path is not None:
-            return ImageFiles([f"cell_images/{n}" for n in self.names], size, zip_path=self.zip_path)
-        return ImageFiles(self.names, size, folder=self.folder)
+            return ImageFiles([f"cell_images/{n}" for n in self.names], size, zip_path=self.zip_path,
+                              resampling=resampling)
+        return ImageFiles(self.names, size, folder=self.folder, resampling=resampling)
 
 
 def _collect(entries: list[tuple[str, str]], where: str) -> tuple[list[str], torch.Tensor]:
@@ -123,6 +125,15 @@ class MalariaDataModule(ImageDataModule):
     """MALARIA: 27,558 cell images (13,779 per class), 2 classes, served at ``image_size`` × 3 (default 64, the
     paper's; any source size is resized: shorter side to ``image_size``, then the centre square).
 
+    ``preprocessing`` (design §1):
+    - ``reference`` (default, the paper's): as the authors' code loads it through guided-diffusion's
+      ``ImageDataset``: PIL decoding, ``center_crop_arr`` (BOX halving while the image is at least twice the
+      target, BICUBIC resize of the shorter side, centre crop) and a horizontal flip with probability ½ at *every*
+      fetch, in every split (training, evaluation and FID's real images alike); the flips are seeded by the run's
+      seed, the reference's are not.
+    - ``standard``: torchvision decoding, antialiased bilinear resize of the shorter side, centre crop, no flips
+      (what this module did before 2026-12-02; evaluation sees every image as it is).
+
     Split (D19): stratified by class and seeded by ``split_seed``: ``test_fraction`` of each class is the test set,
     ``val_fraction`` of the rest is held out for validation. The split is written to ``split_file`` if given
     (an existing file there is read and used as is, in its order), else to
@@ -140,9 +151,13 @@ class MalariaDataModule(ImageDataModule):
         image_size: int = 64,
         test_fraction: float = 0.1,
         split_file: str | None = None,
+        preprocessing: Literal["reference", "standard"] = "reference",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if preprocessing not in ("reference", "standard"):
+            raise ValueError(f"MALARIA preprocessing must be reference|standard, got {preprocessing!r}")
+        self.preprocessing = preprocessing
         if image_size < 8:
             raise ValueError(f"MALARIA image_size must be >= 8, got {image_size}")
         if not 0.0 < test_fraction < 1.0:
@@ -211,11 +226,11 @@ class MalariaDataModule(ImageDataModule):
         images = cached_decode(
             cache_dir() / "decoded" / "malaria",
             {"source": source_fingerprint([source])},
-            files.image_files(self.image_size),
+            files.image_files(self.image_size, "reference" if self.preprocessing == "reference" else "torchvision"),
             self.num_workers,
             desc=f"MALARIA: decoding to {self.image_size}px (once; cached)",
         )
         split = self._split(files)
-        full = ImageTensorDataset(images, files.labels)
+        full = ImageTensorDataset(images, files.labels, random_flip=self.preprocessing == "reference")
         val = full.subset(split["val"]) if self.val_fraction > 0 else None  # empty: rejected by check_split
         return Splits(full.subset(split["train"]), val, full.subset(split["test"]))

@@ -2,14 +2,20 @@
 
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
-from jointdiff.diffusion.schedules import cosine_beta_schedule, linear_beta_schedule, make_beta_schedule
+from jointdiff.diffusion.schedules import (
+    cosine_beta_schedule,
+    ho_linear_beta_schedule,
+    make_beta_schedule,
+    reference_linear_beta_schedule,
+)
 
 __all__ = [
     "GaussianDiffusion",
     "cosine_beta_schedule",
     "ddpm_sample",
     "eps_loss",
-    "linear_beta_schedule",
+    "ho_linear_beta_schedule",
     "make_beta_schedule",
+    "reference_linear_beta_schedule",
     "to_uint8",
 ]

@@ -21,6 +21,8 @@ whole sampler is ten lines on top of :class:`~jointdiff.diffusion.gaussian.Gauss
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tqdm.auto import tqdm
 
@@ -28,20 +30,56 @@ from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.samplers import EpsFn
 
 
-def respaced_timesteps(num_steps: int, sample_steps: int) -> torch.LongTensor:
-    """``sample_steps`` evenly spaced original indices of ``0…num_steps−1``, ascending, including 0 and T−1.
+def space_timesteps(num_steps: int, section_counts: int | str | Sequence[int]) -> list[int]:
+    """guided-diffusion's ``space_timesteps`` (``respace.py``), ascending: which of the ``num_steps`` original
+    steps a respaced sampler keeps.
 
-    guided-diffusion's ``space_timesteps(T, [S])``: ``round(k·(T−1)/(S−1))`` for ``k = 0…S−1`` (Python's
-    round-half-to-even, as there). ``sample_steps == num_steps`` gives every step.
+    ``section_counts``: a count ``S`` (one section), a list of counts or a string ``"10,15,20"`` (the original
+    steps are cut into that many nearly equal sections, each strided to its count), or ``"ddimN"`` (the integer
+    stride of the DDIM paper: ``range(0, T, k)`` for the smallest ``k`` giving exactly N steps). Within a section of
+    ``size`` steps, ``frac_stride = (size−1)/(count−1)`` is *added up* in floating point and each running sum is
+    rounded with Python's ``round`` (half to even), exactly as there. Accumulating, rather than computing
+    ``round(k·frac_stride)``, changes the result wherever the running sum falls just below a half (T=1000, S=21:
+    step 499, not 500) — 278 of the 1000 counts at T=1000 differ.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not 1 <= sample_steps <= num_steps:
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            desired = int(section_counts[len("ddim"):])
+            for stride in range(1, num_steps):
+                if len(range(0, num_steps, stride)) == desired:
+                    return list(range(0, num_steps, stride))
+            raise ValueError(f"cannot create exactly {desired} steps out of {num_steps} with an integer stride")
+        section_counts = [int(x) for x in section_counts.split(",")]
+    elif isinstance(section_counts, int):
+        section_counts = [section_counts]
+    if not section_counts or any(c < 1 for c in section_counts):
+        raise ValueError(f"step counts must be >= 1, got {list(section_counts)}")
+    size_per, extra = divmod(num_steps, len(section_counts))
+    start, steps = 0, []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(
+                f"cannot take {count} sampling steps out of a section of {size} diffusion steps (T={num_steps})"
+            )
+        frac_stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            steps.append(start + round(position))
+            position += frac_stride
+        start += size
+    return sorted(set(steps))
+
+
+def respaced_timesteps(num_steps: int, sample_steps: int | str) -> torch.LongTensor:
+    """The original indices a respaced sampler visits, ascending: ``space_timesteps(T, S)`` (0 and T−1 included
+    for an integer ``S ≥ 2``; ``"ddimN"`` or ``"10,15,20"`` forms are passed through). ``S == T`` gives every step.
+    """
+    if isinstance(sample_steps, int) and not 1 <= sample_steps <= num_steps:
         raise ValueError(f"sample_steps must be in 1..{num_steps} (the number of diffusion steps), got {sample_steps}")
-    if sample_steps == 1:
-        return torch.zeros(1, dtype=torch.long)
-    stride = (num_steps - 1) / (sample_steps - 1)
-    return torch.tensor([round(k * stride) for k in range(sample_steps)], dtype=torch.long)
+    return torch.tensor(space_timesteps(num_steps, sample_steps), dtype=torch.long)
 
 
 def _check_timesteps(diffusion: GaussianDiffusion, timesteps: torch.Tensor) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jointdiff.diffusion.schedules import make_beta_schedule
+from jointdiff.diffusion.schedules import canonical_schedule, make_beta_schedule
 
 
 def extract(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -25,11 +25,11 @@ class GaussianDiffusion(nn.Module):
     precision (float32 for training; float64 for checks against closed forms).
     """
 
-    def __init__(self, num_steps: int = 1000, schedule: str = "linear", dtype: torch.dtype = torch.float32):
+    def __init__(self, num_steps: int = 1000, schedule: str = "reference_linear", dtype: torch.dtype = torch.float32):
         super().__init__()
         self.dtype = dtype
         self.num_steps = num_steps
-        self.schedule = schedule
+        self.schedule = canonical_schedule(schedule)
         betas = make_beta_schedule(schedule, num_steps)
         alphas = 1.0 - betas
         ab = torch.cumprod(alphas, dim=0)

@@ -73,6 +73,14 @@ def reference_indices(n_total: int, count: int | None, seed: int) -> torch.Tenso
     return perm[:count].sort().values
 
 
+def drop_incomplete_batch(indices: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The first ``⌊N/B⌋·B`` of ``indices``: the images a ``drop_last=True`` loader of batch ``B`` yields. The
+    reference's real set for FID is its evaluation loader's (design §11): 9,984 of a 10k test split at B=128."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return indices[: len(indices) // batch_size * batch_size]
+
+
 def fetch_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
     """(B, c, H, W) images of ``dataset`` at ``indices`` (batched ``__getitems__`` when the dataset has it)."""
     if hasattr(dataset, "__getitems__"):

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
+from jointdiff.diffusion.schedules import canonical_schedule
+
 CLASS_KEY = "jointdiff_class"
 
 
@@ -31,6 +33,8 @@ class RecordsClass:
         checkpoint[RNG_KEY] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade_checkpoint(checkpoint)
+        check_schedule(self, checkpoint.get("hyper_parameters", {}), "the checkpoint")
         if RNG_KEY in checkpoint:
             states = dict(checkpoint[RNG_KEY])
             kind, keys, pos, has_gauss, gauss = states["numpy"]
@@ -38,14 +42,43 @@ class RecordsClass:
             _set_rng_states(states)
 
 
+def upgrade_checkpoint(checkpoint: dict) -> dict:
+    """Bring a checkpoint written by an earlier version up to date, in place: every EMA without its update count
+    (``<prefix>ema._extra_state``, added 2026-12-02) gets the checkpoint's global step, which is the number of
+    updates that version made."""
+    state = checkpoint.get("state_dict", {})
+    prefixes = {k.split("ema.module.", 1)[0] for k in state if "ema.module." in k}
+    for prefix in prefixes:
+        state.setdefault(f"{prefix}ema._extra_state", torch.tensor(int(checkpoint.get("global_step", 0))))
+    return checkpoint
+
+
+def check_schedule(model, hparams: dict, source: str) -> None:
+    """Raise unless ``hparams`` (of a checkpoint) name the noise schedule (T, β) that ``model`` was built with: the
+    schedule tables are not stored in checkpoints, so weights trained on one schedule would silently be evaluated
+    or sampled on another."""
+    diffusion = getattr(model, "diffusion", None)
+    if diffusion is None or "beta_schedule" not in hparams:
+        return
+    theirs = (int(hparams.get("diffusion_steps", diffusion.num_steps)), canonical_schedule(hparams["beta_schedule"]))
+    mine = (diffusion.num_steps, diffusion.schedule)
+    if theirs != mine:
+        raise ValueError(
+            f"{source} was trained with T={theirs[0]} and the {theirs[1]} β schedule but this model is built with "
+            f"T={mine[0]} and {mine[1]}: set --model.init_args.diffusion_steps {theirs[0]} and "
+            f"--model.init_args.beta_schedule {theirs[1]}"
+        )
+
+
 def _read(path: str | Path, map_location) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err!r}") from err
+    return upgrade_checkpoint(checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
 def load_model(

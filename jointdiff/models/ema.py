@@ -16,9 +16,15 @@ from torch import nn
 class EMA(nn.Module):
     """Holds ``module``, an eval-mode copy of the tracked network, updated with ``θ_ema ← d·θ_ema + (1−d)·θ``.
 
-    The decay warms up as ``d_k = min(decay, (1+k)/(10+k))`` at update ``k`` so that short runs still get a useful
-    average (the reference keeps a fixed 0.9999 EMA that it never uses, D6). Floating-point buffers
-    (BatchNorm running statistics) are copied, not averaged.
+    The decay warms up as ``d_k = min(decay, (1+k)/(10+k))`` at the ``k``-th update (k = 1, 2, …) so that short
+    runs still get a useful average (the reference keeps a fixed 0.9999 EMA that it never uses, D6). Floating-point
+    buffers (BatchNorm running statistics) are copied, not averaged.
+
+    The EMA counts its own updates (``num_updates``, saved in the state dict as ``_extra_state``) instead of reading
+    the trainer's step: a model initialised from another run's weights (domain-adaptation stage 2, ``init_from``)
+    carries the count on, so its warm-up does not restart and replace the loaded average with the raw weights
+    within ten steps. Checkpoints written before the count existed are read with ``num_updates`` = their global step
+    (:func:`jointdiff.models.checkpoints.upgrade_checkpoint`).
     """
 
     def __init__(self, network: nn.Module, decay: float = 0.9999, warmup: bool = True):
@@ -28,6 +34,7 @@ class EMA(nn.Module):
         self.decay = decay
         self.warmup = warmup
         self.module = copy.deepcopy(network).requires_grad_(False).eval()
+        self.num_updates = 0  # a Python int: reading it never syncs the device
 
     def train(self, mode: bool = True) -> EMA:
         # The average is for evaluation only: keep it in eval mode whatever the parent module does.
@@ -36,9 +43,18 @@ class EMA(nn.Module):
     def decay_at(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
 
+    def get_extra_state(self) -> torch.Tensor:
+        # a 0-d CPU tensor (not a dict) so that state dicts stay tensor-valued for every consumer
+        return torch.tensor(self.num_updates, dtype=torch.long)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.num_updates = int(state)
+
     @torch.no_grad()
-    def update(self, network: nn.Module, step: int) -> None:
-        weight = 1.0 - self.decay_at(step)
+    def update(self, network: nn.Module) -> None:
+        """One EMA step towards ``network``'s weights, the ``num_updates``-th (counted from 1)."""
+        self.num_updates += 1
+        weight = 1.0 - self.decay_at(self.num_updates)
         ema_params = list(self.module.parameters())
         params = [p.detach() for p in network.parameters()]
         torch._foreach_lerp_(ema_params, params, weight)

@@ -20,7 +20,8 @@ from torch import nn
 from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_mask
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
-from jointdiff.models.checkpoints import RecordsClass, load_state_dict_checked
+from jointdiff.diffusion.schedules import BetaSchedule
+from jointdiff.models.checkpoints import RecordsClass, check_schedule, load_state_dict_checked, upgrade_checkpoint
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.joint import JointNetwork
@@ -40,7 +41,8 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         model_channels, channel_mult, num_res_blocks, attention_downsample, num_heads, dropout, norm_groups:
             the UNet (:class:`jointdiff.nn.unet.UNet`).
         head_dropout: dropout of the classifier head (0.7 in the reference).
-        diffusion_steps: T. beta_schedule: ``linear`` (the reference's) or ``cosine``.
+        diffusion_steps: T. beta_schedule: ``reference_linear`` (the authors' code, the paper's; default),
+            ``ho_linear`` (Ho et al. 2020) or ``cosine`` (:mod:`jointdiff.diffusion.schedules`).
         classifier_weight: λ; 0 builds no head (vanilla DDPM).
         noisy_classifier: decision D4. ``off``: the head sees the clean image at step 0. ``replace`` (the
             reference's noisy classifier): it sees the noised ``x_i`` at its step instead. ``add`` (the paper's
@@ -84,7 +86,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         norm_groups: int = 32,
         head_dropout: float = 0.7,
         diffusion_steps: int = 1000,
-        beta_schedule: Literal["linear", "cosine"] = "linear",
+        beta_schedule: BetaSchedule = "reference_linear",
         classifier_weight: float = 0.001,
         noisy_classifier: NoisyClassifier = "off",
         noisy_timesteps: Sequence[int] | None = None,
@@ -175,7 +177,10 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ValueError(f"init_from={path} is not a Lightning checkpoint (no 'state_dict')")
+        upgrade_checkpoint(ckpt)
+        check_schedule(self, ckpt.get("hyper_parameters", {}), f"init_from={path}")
         load_state_dict_checked(self.network, ckpt["state_dict"], path, prefix="network.")
+        # the EMA with its update count: its warm-up continues where stage 1 left it (design §8)
         load_state_dict_checked(self.ema, ckpt["state_dict"], path, prefix="ema.")
         self._initialised_from = path
         rank_zero_info(f"JointDiffusion: network and EMA weights initialised from {path}")
@@ -243,7 +248,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         return self.classification_loss(logits, released[1]), True
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network, self.global_step)
+        self.ema.update(self.network)
 
     # evaluation ------------------------------------------------------------------------------------------------
     def _evaluate(self, batch, batch_idx: int, split: str) -> None:

@@ -11,7 +11,6 @@ no augmentation and, as ``classifier_train.py``, no EMA. Its diffusion schedule 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import lightning as L
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 from jointdiff.data.semisupervised import labelled_mask
 from jointdiff.diffusion.gaussian import GaussianDiffusion
+from jointdiff.diffusion.schedules import BetaSchedule
 from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.classifier import (
     Task,
@@ -68,7 +68,7 @@ class NoiseAwareClassifier(RecordsClass, L.LightningModule):
         dropout: float = 0.0,
         norm_groups: int = 32,
         diffusion_steps: int = 1000,
-        beta_schedule: Literal["linear", "cosine"] = "linear",
+        beta_schedule: BetaSchedule = "reference_linear",
         lr: float = 3e-4,
         weight_decay: float = 0.0,
     ):

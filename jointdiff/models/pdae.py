@@ -168,7 +168,7 @@ class PDAE(RecordsClass, L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network, self.global_step)
+        self.ema.update(self.network)
 
     def _evaluate(self, batch, batch_idx: int, split: str) -> None:
         x0 = batch[0]

@@ -188,7 +188,7 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network, self.global_step)
+        self.ema.update(self.network)
 
     # evaluation -----------------------------------------------------------------------------------------------
     def _evaluate(self, batch, batch_idx: int, split: str) -> None:
