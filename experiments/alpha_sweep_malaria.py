@@ -69,7 +69,7 @@ def main() -> None:
 
     model = load_diffusion_model(args.checkpoint)
     hp = model.hparams
-    data = MalariaDataModule(image_size=hp.image_size)
+    data = MalariaDataModule(image_size=hp.image_size, preprocessing="standard")  # as its recorded results
     data.setup("fit")
     data.setup("test")
     began = time.perf_counter()

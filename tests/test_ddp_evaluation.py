@@ -183,7 +183,9 @@ def test_two_processes_match_one_process(tiny_checkpoint, tmp_path):
     assert [f.name for f in files1] == [f.name for f in files2] and len(files1) == 2
     for a, b in zip(files1, files2, strict=True):
         fa, fb = torch.load(a)["features"], torch.load(b)["features"]
-        assert fa.shape == (N_TEST, 112) and torch.equal(fa, fb)
+        # the reference convention's real set drops the last incomplete batch of the DataModule's batch (8)
+        rows = N_TEST // 8 * 8 if "-reference-" in a.name else N_TEST
+        assert fa.shape == (rows, 112) and torch.equal(fa, fb)
 
     # test accuracy: no duplicated example counts with two processes
     accuracy, padded = _independent_accuracy(tiny_checkpoint)

@@ -26,14 +26,17 @@ def test_gpu_script_dry_run_writes_every_part(tmp_path):
     assert result["dry_run"] and result["env"]["device"] == "cpu"
     rows = result["throughput"]
     assert {(r["config"], r["mode"]) for r in rows} == {(c, m) for c in ("fmnist", "cifar10", "celeba")
-                                                        for m in ("fp32", "bf16")}
+                                                        for m in ("fp32", "bf16", "bf16+channels_last")}
     for r in rows:
         assert "error" not in r and r["img_per_s"] > 0 and r["tflop_per_step"] > 0, r
         # FLOPs of one step are the same at any precision; the fraction of peak is the achieved rate over the peak
-        peak = result["peak_tflops"]["bf16" if r["mode"] == "bf16" else "fp32"]
+        peak = result["peak_tflops"]["bf16" if r["mode"].startswith("bf16") else "fp32"]
         assert abs(r["fraction_of_peak"] - r["tflop_per_step"] / r["s_per_step"] / peak) < 1e-9
-    flops = {r["config"]: r["tflop_per_step"] for r in rows if r["mode"] == "fp32"}
+    flops = {name: c["tflop_per_step"] for name, c in result["flops"].items()}
     assert flops["celeba"] > flops["cifar10"] > flops["fmnist"]  # 64 px × 128 > 32 px × 256 (tiny width) > 28 px
+    for c in result["flops"].values():  # the per-operator counts add up to the total
+        assert abs(sum(c["by_operator"].values()) / 1e12 - c["tflop_per_step"]) < 1e-9
+        assert any("convolution" in op for op in c["by_operator"])
     sampling = result["sampling"]
     for name in ("ddpm", "ddim", "joint", "joint_bf16", "guidance"):
         assert sampling[name]["s_per_step"] > 0, (name, sampling[name])

@@ -10,7 +10,8 @@ Parts, each under its own share of the budget (a part that runs out of time reco
 
 a. ``throughput``: one joint training step (forward, both losses, backward, AdamW, EMA) of the three paper
    configurations (``configs/paper/data/{fashion_mnist,cifar10,celeba}.yaml`` with the joint method) at the paper's
-   batch sizes, in fp32, bf16 autocast, and bf16 + ``torch.compile`` (compile time reported apart). FLOPs of one
+   batch sizes, in fp32, bf16 autocast, bf16 + channels-last, and bf16 + ``torch.compile`` (compile time reported
+   apart; these rows come last, as time allows). FLOPs of one
    step are counted with ``torch.utils.flop_counter.FlopCounterMode``; the fraction of peak divides the achieved
    rate by the GPU's peak (:data:`PEAK_TFLOPS`: bf16 dense as measured on the H200 here, fp32 from the datasheet).
 b. ``sampling``: per-step cost of DDPM, DDIM, joint conditional sampling (fp32 and bf16 autocast, and with the
@@ -19,8 +20,8 @@ b. ``sampling``: per-step cost of DDPM, DDIM, joint conditional sampling (fp32 a
 c. ``data_path``: the Fashion-MNIST step (bf16) fed by the real DataModule's loader (pinned memory) against the
    same step on a batch already on the GPU.
 d. ``training``: ``jointdiff fit -c configs/fashion_mnist/joint.yaml`` (the paper's configuration) with the fastest
-   precision/compile setting of (a), capped by ``--trainer.max_time`` to the rest of the budget, validating every
-   ``--val-every`` steps on the held-out split and testing at the end; test accuracy against steps.
+   precision/memory-format/compile setting of (a), capped by ``--trainer.max_time`` to the rest of the budget,
+   validating every ``--val-every`` steps on the held-out split and testing at the end; accuracy against steps.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ SHAPES = {  # name: (image size, channels, classes, task)
 # --dry-run: tiny networks (no full-resolution attention), same code paths; torch.compile is left out of the dry run
 # (about a minute per model on a CPU; tests/test_speed_equivalence.py covers the model's compile option)
 DRY = dict(model_channels=32, num_res_blocks=1, attention_downsample=[], diffusion_steps=20)
-MODES = ("fp32", "bf16", "bf16+compile")
+MODES = ("fp32", "bf16", "bf16+channels_last", "bf16+compile")  # the compiled rows last: the dry run leaves them out
 
 
 def log(msg: str) -> None:
@@ -94,7 +95,8 @@ def build_step(name: str, mode: str, device, dry: bool):
 
     from jointdiff.models import JointDiffusion
 
-    model = JointDiffusion(**model_args(name, dry), compile=mode.endswith("compile")).to(device)
+    model = JointDiffusion(**model_args(name, dry), compile=mode.endswith("compile"),
+                           channels_last=mode.endswith("channels_last")).to(device)
     model.log = lambda *a, **k: None  # no trainer: logging is not part of the measured step
     model._may_have_unlabelled = False  # fully labelled data, as setup() finds it: no per-step label check (a sync)
     model.configure_model()
@@ -125,15 +127,17 @@ def synthetic_batch(name: str, batch: int, device):
     return x.to(device), y.to(device)
 
 
-def step_flops(name: str, batch: int, device, dry: bool) -> int:
-    """FLOPs (multiply-add = 2) of one eager training step, counted by torch's FlopCounterMode."""
+def step_flops(name: str, batch: int, device, dry: bool) -> tuple[int, dict[str, int]]:
+    """FLOPs (multiply-add = 2) of one eager training step, counted by torch's FlopCounterMode: the total and the
+    count of each operator (convolutions, attention, matrix products)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     _, step = build_step(name, "fp32", device, dry)
     xb = synthetic_batch(name, batch, device)
     with FlopCounterMode(display=False) as counter:
         step(xb)
-    return int(counter.get_total_flops())
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    return int(counter.get_total_flops()), by_op
 
 
 def measure_training_step(name: str, mode: str, batch: int, steps: int, device, dry: bool, flops: int) -> dict:
@@ -142,6 +146,8 @@ def measure_training_step(name: str, mode: str, batch: int, steps: int, device, 
     sync = synced(device)
     model, step = build_step(name, mode, device, dry)
     xb = synthetic_batch(name, batch, device)
+    if mode.endswith("channels_last"):
+        xb = (xb[0].contiguous(memory_format=torch.channels_last), xb[1])
     t0 = time.perf_counter()
     for _ in range(2):  # warm-up; with torch.compile this includes compilation
         step(xb)
@@ -167,21 +173,28 @@ def measure_training_step(name: str, mode: str, batch: int, steps: int, device, 
 
 
 def part_throughput(args, device, result: dict, cap: Budget) -> None:
+    """Every config in fp32, bf16 and bf16 + channels-last first, then the compiled rows as time allows."""
+    import torch
+
     rows = result.setdefault("throughput", [])
-    for name, (_, paper_batch) in PAPER.items():
-        batch = 2 if args.dry_run else paper_batch
+    counts = result.setdefault("flops", {})
+    batches = {name: 2 if args.dry_run else paper_batch for name, (_, paper_batch) in PAPER.items()}
+    for name, batch in batches.items():
         try:
-            flops = step_flops(name, batch, device, args.dry_run)
+            total, by_op = step_flops(name, batch, device, args.dry_run)
+            counts[name] = {"batch": batch, "tflop_per_step": total / 1e12, "by_operator": by_op}
         except Exception as err:  # noqa: BLE001 (recorded, the run goes on)
-            rows.append({"config": name, "error": f"flop count: {err!r}"})
-            continue
-        for mode in MODES if not args.dry_run else MODES[:2]:
+            counts[name] = {"error": f"flop count: {err!r}"}
+    for mode in MODES if not args.dry_run else MODES[:-1]:
+        for name, batch in batches.items():
+            if "tflop_per_step" not in counts[name]:
+                continue
             if cap.left() < 0:
                 rows.append({"config": name, "mode": mode, "skipped": "time cap"})
                 continue
             try:
                 rows.append(measure_training_step(name, mode, batch, 1 if args.dry_run else args.steps, device,
-                                                  args.dry_run, flops))
+                                                  args.dry_run, int(counts[name]["tflop_per_step"] * 1e12)))
                 r = rows[-1]
                 log(f"throughput {name} {mode}: {r['img_per_s']:.1f} img/s, {100 * r['fraction_of_peak']:.1f}% of "
                     f"peak, {r['peak_memory_gib'] or 0:.1f} GiB")
@@ -190,8 +203,6 @@ def part_throughput(args, device, result: dict, cap: Budget) -> None:
                 log(f"throughput {name} {mode}: FAILED {err!r}")
             finally:
                 if device.type == "cuda":
-                    import torch
-
                     torch.cuda.empty_cache()
 
 
@@ -316,21 +327,23 @@ def part_data_path(args, device, result: dict, cap: Budget) -> None:
     log(f"data path: loader {real * 1e3:.1f} ms/step vs on-device {synthetic * 1e3:.1f} ms/step")
 
 
-def fastest_setting(result: dict) -> tuple[str, bool]:
+def fastest_setting(result: dict) -> tuple[str, bool, bool]:
+    """(Lightning precision, compile, channels_last) of the fastest Fashion-MNIST row of the throughput part."""
     rows = [r for r in result.get("throughput", []) if r.get("config") == "fmnist" and "img_per_s" in r]
     if not rows:
-        return "bf16-mixed", False
-    best = max(rows, key=lambda r: r["img_per_s"])
-    return ("32-true" if best["mode"] == "fp32" else "bf16-mixed"), best["mode"].endswith("compile")
+        return "bf16-mixed", False, False
+    mode = max(rows, key=lambda r: r["img_per_s"])["mode"]
+    return ("32-true" if mode == "fp32" else "bf16-mixed"), mode.endswith("compile"), mode.endswith("channels_last")
 
 
 def part_training(args, device, result: dict, cap: Budget) -> None:
-    precision, compile_ = fastest_setting(result)
+    precision, compile_, channels_last = fastest_setting(result)
     seconds = max(30, int(cap.left()))
     run_dir = Path(args.work) / "train"  # checkpoints stay out of <out> (the device returns 8 small files at most)
     cmd = [
         sys.executable, "-m", "jointdiff.cli", "fit", "-c", str(REPO / "configs/fashion_mnist/joint.yaml"),
         "--trainer.precision", precision, "--model.init_args.compile", str(compile_).lower(),
+        "--model.init_args.channels_last", str(channels_last).lower(),
         "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
         "--trainer.max_time", f"00:00:{seconds // 60:02d}:{seconds % 60:02d}",
         "--trainer.val_check_interval", str(args.val_every), "--trainer.enable_progress_bar", "false",
@@ -342,12 +355,12 @@ def part_training(args, device, result: dict, cap: Budget) -> None:
         cmd += ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
                 "--data.init_args.eval_batch_size", "16", "--data.init_args.batch_size", "4"]
         cmd += [item for k, v in DRY.items() for item in (f"--model.init_args.{k}", str(v))]
-    log(f"training: {precision}, compile={compile_}, up to {seconds} s of training, then test")
+    log(f"training: {precision}, compile={compile_}, channels_last={channels_last}, up to {seconds} s, then test")
     began = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     (Path(args.out) / "train_output.log").write_text(proc.stdout[-200000:] + proc.stderr[-200000:])
     train = {"command": " ".join(cmd), "returncode": proc.returncode, "wall_s": time.perf_counter() - began,
-             "precision": precision, "compile": compile_}
+             "precision": precision, "compile": compile_, "channels_last": channels_last}
     metrics = sorted(run_dir.glob("**/metrics.csv"))
     if metrics:
         import csv
