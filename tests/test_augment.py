@@ -1,6 +1,6 @@
-"""The reference's MixUp gating (design §2.4): Kornia 0.6.x's ``RandomMixUpV2(p=0.5)`` mixes half of the batches
-and, inside a mixed batch, half of the samples. Measured on one-hot images, from which each output's λ and
-partner can be read off exactly, and compared with Kornia's own batch gate."""
+"""The reference's MixUp gating (docs/fidelity.md, item 2): Kornia 0.6.x's ``RandomMixUpV2(p=0.5)`` mixes half of
+the batches and, inside a mixed batch, half of the samples. Measured on one-hot images, from which each output's λ
+and partner can be read off exactly, and compared with Kornia's own batch gate."""
 
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ class GenerativeEvaluation(L.Callback):
             (a project classifier checkpoint, offline); prefix ``name=`` to choose the name used in the keys.
         input_conventions: ``standard`` ([0,1]/uint8 images, the usual FID; every image of the reference split)
             and/or ``reference`` (what the authors' code feeds Inception, decision D8, against the real set it
-            uses: the split without its last incomplete batch of ``datamodule.batch_size``, design §11). Every
+            uses: the split without its last incomplete batch of ``datamodule.batch_size``, docs/fidelity.md). Every
             combination with the extractors is scored; the convention is part of each logged key.
         inception_weights: path of the FID Inception weights; ``None`` uses the torch hub cache (torch-fidelity's
             and torchmetrics' location), downloading there when ``allow_download``.

@@ -47,7 +47,7 @@ def resize_center_crop(image: torch.Tensor, size: int, pre_crop: int | None = No
 
 
 def reference_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """guided-diffusion's ``center_crop_arr``, as the reference loads MALARIA (design §1): halve with PIL's BOX
+    """guided-diffusion's ``center_crop_arr``, as the reference loads MALARIA (docs/fidelity.md): halve with PIL's BOX
     filter while the shorter side is at least ``2·size``, resize with BICUBIC so the shorter side is ``size`` (each
     side ``round(side·scale)``), then crop the centre square (offsets rounded down). (H, W, 3) uint8."""
     while min(*image.size) >= 2 * size:

@@ -125,7 +125,7 @@ class MalariaDataModule(ImageDataModule):
     """MALARIA: 27,558 cell images (13,779 per class), 2 classes, served at ``image_size`` × 3 (default 64, the
     paper's; any source size is resized: shorter side to ``image_size``, then the centre square).
 
-    ``preprocessing`` (design §1):
+    ``preprocessing`` (docs/fidelity.md, item 5):
     - ``reference`` (default, the paper's): as the authors' code loads it through guided-diffusion's
       ``ImageDataset``: PIL decoding, ``center_crop_arr`` (BOX halving while the image is at least twice the
       target, BICUBIC resize of the shorter side, centre crop) and a horizontal flip with probability ½ at *every*

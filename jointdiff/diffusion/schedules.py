@@ -1,4 +1,4 @@
-"""β schedules (design §3), computed in float64 like the reference.
+"""β schedules (docs/fidelity.md, item 1), computed in float64 like the reference.
 
 Two linear schedules exist and are easy to confuse, so they carry distinct names:
 

@@ -75,7 +75,7 @@ def reference_indices(n_total: int, count: int | None, seed: int) -> torch.Tenso
 
 def drop_incomplete_batch(indices: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The first ``⌊N/B⌋·B`` of ``indices``: the images a ``drop_last=True`` loader of batch ``B`` yields. The
-    reference's real set for FID is its evaluation loader's (design §11): 9,984 of a 10k test split at B=128."""
+    reference's real set for FID is its evaluation loader's (docs/fidelity.md, item 6): 9,984 of 10k at B=128."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return indices[: len(indices) // batch_size * batch_size]

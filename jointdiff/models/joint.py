@@ -180,7 +180,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         upgrade_checkpoint(ckpt)
         check_schedule(self, ckpt.get("hyper_parameters", {}), f"init_from={path}")
         load_state_dict_checked(self.network, ckpt["state_dict"], path, prefix="network.")
-        # the EMA with its update count: its warm-up continues where stage 1 left it (design §8)
+        # the EMA with its update count: its warm-up continues where stage 1 left it (docs/fidelity.md, item 4)
         load_state_dict_checked(self.ema, ckpt["state_dict"], path, prefix="ema.")
         self._initialised_from = path
         rank_zero_info(f"JointDiffusion: network and EMA weights initialised from {path}")
