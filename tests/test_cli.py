@@ -74,6 +74,15 @@ def test_unknown_config_key_is_rejected_before_training(capsys):
     assert "classifer_weight" in capsys.readouterr().err
 
 
+def test_ambiguous_linear_schedule_name_is_rejected_before_training(capsys):
+    # "linear" meant Ho et al.'s schedule before 2026-12-02; a config must now say which linear schedule it means
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", QUICK, "--model.init_args.beta_schedule", "linear"])
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
+    assert "beta_schedule" in err and "reference_linear" in err
+
+
 def test_missing_data_error_names_files_and_three_ways(tmp_path, monkeypatch):
     monkeypatch.delenv("JOINTDIFF_DATA_ROOT", raising=False)
     dm = FashionMNISTDataModule(root=str(tmp_path / "nowhere"), download=False)

@@ -115,7 +115,8 @@ class ImageTensorDataset(Dataset):
         return torch.where(flip, images.flip(-1), images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.to_float(self._flip(self.images[i : i + 1])[0]), self.targets[i]
+        image = self._flip(self.images[i : i + 1])[0] if self.random_flip else self.images[i]
+        return self.to_float(image), self.targets[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices)
