@@ -109,8 +109,7 @@ def _trainer(tmp_path, max_steps, **kw):
 def test_resume_restores_step_optimizer_ema_and_rng_exactly(fmnist, tmp_path):
     """Interrupt after step 3 (the end of a 3-batch epoch) and resume: the resumed run starts from the saved step,
     optimizer and EMA state, and its first step is bit-identical to the uninterrupted run's step 4 (same RNG draws,
-    same batch). Later batches differ only in data order: Lightning restarts the interrupted epoch's iterator
-    (documented in docs/checkpoints.md)."""
+    same batch). tests/test_resume.py compares whole runs resumed in the middle of an epoch."""
     from jointdiff.data.base import ImageTensorDataset
 
     dm = FashionMNISTDataModule(root=fmnist.root, batch_size=16)

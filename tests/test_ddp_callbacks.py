@@ -1,10 +1,13 @@
-"""SampleGrid and MetricsJSON under 2-process DDP (gloo): fit and test finish (no rank waits alone in a collective)
-and rank zero writes the grid and the metrics JSON. Launched like tests/test_ddp_evaluation.py."""
+"""SampleGrid and MetricsJSON under 2-process DDP (gloo): fit and test finish (no rank waits alone in a collective),
+rank zero alone writes the grid and the metrics JSON (the files a one-process run writes, no more), and the
+evaluation losses logged are the same on every rank (synchronised, not rank zero's half of the test set).
+Launched like tests/test_ddp_evaluation.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +17,23 @@ from test_ddp_evaluation import TINY, SyntheticDataModule, _free_port, _wait  # 
 
 
 def worker(root: str, world: int) -> None:
+    import jointdiff.callbacks.logging as logging_module
+    import jointdiff.callbacks.samples as samples_module
     from jointdiff.callbacks import MetricsJSON, SampleGrid
     from jointdiff.models import JointDiffusion
 
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    written = []
+
+    def recording(fn):
+        def wrapper(data, path, *a, **k):
+            written.append(Path(path).name)
+            return fn(data, path, *a, **k)
+        return wrapper
+
+    # every file the two callbacks write, per process
+    logging_module.atomic_write_json = recording(logging_module.atomic_write_json)
+    samples_module.save_grid = recording(samples_module.save_grid)
     torch.set_num_threads(1)
     L.seed_everything(0)
     trainer = L.Trainer(
@@ -28,12 +45,17 @@ def worker(root: str, world: int) -> None:
     model, dm = JointDiffusion(**TINY), SyntheticDataModule(batch_size=8, eval_batch_size=8)
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps({"written": written, "logged": logged}))
 
 
 def test_sample_grid_and_metrics_json_do_not_hang_under_ddp(tmp_path):
-    import os
     import subprocess
 
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, __file__, "--root", str(single), "--world", "1"], check=True, capture_output=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), timeout=240)
+    tmp_path = tmp_path / "ddp"
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -45,6 +67,13 @@ def test_sample_grid_and_metrics_json_do_not_hang_under_ddp(tmp_path):
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert metrics["fit"]["global_step"] == 2 and "test/acc" in metrics["test"]
     assert Path(metrics["sample_grid"]).is_file()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    one = json.loads((single / "rank0.json").read_text())
+    assert ranks[1]["written"] == []  # rank one writes nothing
+    assert ranks[0]["written"] == one["written"] and "metrics.json" in one["written"]  # rank zero: a 1-process run's
+    assert set(ranks[0]["logged"]) == set(one["logged"])
+    for key in ("test/diffusion_loss", "test/acc"):  # synchronised: both ranks report the whole test set's value
+        assert ranks[0]["logged"][key] == ranks[1]["logged"][key], key
 
 
 if __name__ == "__main__":

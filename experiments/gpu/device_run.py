@@ -100,7 +100,7 @@ def build_step(name: str, mode: str, device, dry: bool):
     model.log = lambda *a, **k: None  # no trainer: logging is not part of the measured step
     model._may_have_unlabelled = False  # fully labelled data, as setup() finds it: no per-step label check (a sync)
     model.configure_model()
-    opt = model.configure_optimizers()
+    opt = model.configure_optimizers()  # its step also updates the EMA (EMA.follow)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
 
     def step(batch) -> None:
@@ -109,7 +109,6 @@ def build_step(name: str, mode: str, device, dry: bool):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        model.ema.update(model.network)
 
     return model, step
 

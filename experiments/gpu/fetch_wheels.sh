@@ -15,6 +15,7 @@ WHEELS=(
   "kornia==$(version kornia)"                      # classifier-input augmentation
   "kornia-rs==$(version kornia-rs)"                # kornia's Rust core
   "torch-fidelity==$(version torch-fidelity)"      # FID statistics
+  "torchdata==$(version torchdata)"                # StatefulDataLoader (exact mid-epoch resume)
 )
 rm -rf .whl && mkdir -p .whl
 for spec in "${WHEELS[@]}"; do

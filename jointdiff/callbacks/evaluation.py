@@ -28,8 +28,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
-from jointdiff.callbacks.logging import atomic_write_json, log_image, run_dir
+from jointdiff.callbacks.logging import log_image, run_dir
 from jointdiff.callbacks.samples import save_grid
+from jointdiff.files import atomic_write_json
 from jointdiff.metrics.extractors import FeatureExtractor, build_extractor, check_convention
 from jointdiff.metrics.frechet import FrechetDistance
 from jointdiff.metrics.knn_precision_recall import DistanceDtype, KNNPrecisionRecall

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+from jointdiff.files import atomic_write_json
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -26,14 +26,6 @@ def log_image(trainer: L.Trainer, key: str, path: Path, step: int | None = None)
             import torchvision.io
 
             logger.experiment.add_image(key, torchvision.io.read_image(str(path)), global_step=step)
-
-
-def atomic_write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _plain(value):
@@ -62,9 +54,15 @@ class MetricsJSON(L.Callback):
         data[stage] = {k: _plain(v) for k, v in metrics if k.startswith(("train/", "val/", "test/"))}
         data[stage]["global_step"] = trainer.global_step
         data[stage]["epoch"] = trainer.current_epoch
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
-            data["checkpoint"] = ckpt.last_model_path or ckpt.best_model_path
+        if stage != "fit" and trainer.ckpt_path:
+            # `test --ckpt_path X`: the weights evaluated are X's, trained to X's step (the trainer's own step is 0)
+            data[stage]["checkpoint"] = data["checkpoint"] = str(trainer.ckpt_path)
+            data[stage]["global_step"] = getattr(trainer.lightning_module, "loaded_global_step", None)
+            data[stage].pop("epoch")
+        else:
+            ckpt = trainer.checkpoint_callback
+            if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
+                data["checkpoint"] = ckpt.last_model_path or ckpt.best_model_path
         grids = [cb.last_path for cb in trainer.callbacks if getattr(cb, "last_path", None)]
         if grids:
             data["sample_grid"] = str(grids[-1])

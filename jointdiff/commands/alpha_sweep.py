@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointdiff.callbacks.logging import atomic_write_json
 from jointdiff.callbacks.samples import save_grid
 from jointdiff.commands.sample import check_sampler_args, generate, load_diffusion_model, pick_network
 from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.samplers import to_uint8
 from jointdiff.diffusion.targets import check_targets, hit_rate
+from jointdiff.files import atomic_write_json
 
 Features = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] → (B, D)
 Logits = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] → (B, n)

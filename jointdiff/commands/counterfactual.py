@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from jointdiff.callbacks.logging import atomic_write_json
 from jointdiff.commands.sample import judge_logits_fn, load_diffusion_model, pick_network
 from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import alpha_schedule, counterfactual, noise_steps
 from jointdiff.diffusion.targets import check_targets
+from jointdiff.files import atomic_write_json
 
 
 def load_image_files(files: list[str], channels: int, image_size: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jointdiff.workflow import paper_numbers as P
+from jointdiff.workflow.callbacks import attempt_status
 from jointdiff.workflow.results import (
     DATASET_NAMES,
     AlphaPoint,
@@ -313,7 +314,7 @@ class Report:
                 if result is not None:
                     value = result.test.get(metric or "test/acc", result.fit.get(metric or "test/acc"))
                 rows.append([f"{run['index']:03d}", *(str(run.get("params", {}).get(n, "")) for n in names),
-                             run.get("status", "?"), str(result.steps) if result else DASH,
+                             attempt_status(run) if "status" in run else "?", str(result.steps) if result else DASH,
                              _num(value, 4) if value is not None else DASH])
             self.lines += _table(header, rows) + [""]
 

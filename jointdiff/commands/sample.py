@@ -22,13 +22,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from jointdiff.callbacks.logging import atomic_write_json
 from jointdiff.callbacks.samples import save_grid
 from jointdiff.diffusion.conditional import Alpha, joint_conditional_sample, steered_features
 from jointdiff.diffusion.ddim import ddim_sample, respaced_timesteps
 from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_gradient
 from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
 from jointdiff.diffusion.targets import check_targets, hit_rate
+from jointdiff.files import atomic_write_json
 from jointdiff.models.checkpoints import load_model
 
 Sampler = Literal["ddpm", "ddim", "joint", "guidance"]

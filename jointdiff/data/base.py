@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from jointdiff.data.semisupervised import UNLABELLED, hide_labels, select_labelled, validate_labelled_args
 
@@ -210,6 +211,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._prepared: Splits | None = None  # parsed by prepare_data(), handed to setup()
 
     @property
     def semi_supervised(self) -> bool:
@@ -282,10 +284,19 @@ class ImageDataModule(L.LightningDataModule):
             )
 
     # setup -----------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Find, download, decompress and decode the files (filling the caches) once per node: Lightning calls
+        this on one process per node before every process's :meth:`setup`, which then reads the caches instead of
+        downloading or decoding the same files in every process at once. The parsed splits are kept for this
+        process's own ``setup``."""
+        parses = type(self).load_splits is not ImageDataModule.load_splits  # (test doubles override setup instead)
+        if self.train_set is None and self._prepared is None and parses:
+            self._prepared = self.load_splits()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        splits = self.load_splits()
+        splits, self._prepared = self._prepared or self.load_splits(), None
         train, val = splits.train, splits.val
         if val is None and self.val_fraction > 0:
             keep, held = split_indices(len(train), self.val_fraction, self.split_seed)
@@ -325,17 +336,35 @@ class ImageDataModule(L.LightningDataModule):
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
+        # Training: torchdata's StatefulDataLoader, whose position and shuffling state Lightning saves in every
+        # checkpoint and restores, so a run resumed in the middle of an epoch sees the batches the uninterrupted run
+        # would have seen (a plain DataLoader restarts the epoch with a new permutation).
+        loader_class = StatefulDataLoader if train else DataLoader
+        loader = loader_class(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             sampler=sampler,
+            generator=self._shuffle_generator(0) if train else None,
             drop_last=train,  # the reference cycles shuffled batches with drop_last=True
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=collate_batch,
         )
+        if train:
+            loader.generator = self._shuffle_generator(1)  # see _shuffle_generator
+        return loader
+
+    @staticmethod
+    def _shuffle_generator(offset: int) -> torch.Generator:
+        """Generators of the training loader, seeded from the run's seed. The shuffling sampler keeps the first
+        (``offset=0``); its state is in every checkpoint. Each epoch's iterator also draws a seed for its workers
+        from ``loader.generator``, *after* the sampler recorded its state: that draw comes from a second generator
+        (``offset=1``), so that it neither advances the restored shuffling state nor, as with the default
+        ``generator=None``, torch's global generator, whose restored state must reach the first step after a resume
+        untouched."""
+        return torch.Generator().manual_seed(torch.initial_seed() + offset)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import math
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -35,29 +38,72 @@ def _find_idx_folder(root: Path, tv_name: str) -> Path | None:
     return None
 
 
+def _source(folder: Path, name: str) -> Path:
+    """The file that provides ``name``: the uncompressed one if present, else its ``.gz``."""
+    return folder / name if (folder / name).exists() else folder / f"{name}.gz"
+
+
+def check_idx_bytes(data: bytes, source: Path) -> None:
+    """Reject an idx payload whose header does not describe its length (empty, truncated or not idx at all),
+    naming ``source``. Header: two zero bytes, a type code (0x08: uint8), the number of dimensions, then each
+    dimension as a big-endian uint32; the payload holds their product in bytes."""
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise ValueError(f"{source} is not a uint8 idx file ({len(data)} bytes after decompression); "
+                         "replace it with the dataset's original file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if len(data) != expected:
+        raise ValueError(f"{source}: its header announces shape {tuple(dims)} ({expected} bytes) but it holds "
+                         f"{len(data)} bytes; replace it with the dataset's original file")
+
+
+def _cache_entry(folder: Path) -> tuple[Path, Path]:
+    """(folder of every cache entry of ``folder``, this entry): entries are keyed on the folder *and* on each
+    source file's name, size and modification time, so replacing a file builds a new entry."""
+    identity = []
+    for f in IDX_FILES:
+        st = _source(folder, f).stat()
+        identity.append([_source(folder, f).name, st.st_size, st.st_mtime_ns])
+    parent = cache_dir() / "idx" / hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    return parent, parent / hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:12]
+
+
 def _torchvision_layout(folder: Path, tv_name: str) -> Path:
     """A root that torchvision's parser reads: ``folder`` itself if it is ``<root>/<Name>/raw`` with uncompressed
-    files, else a cache copy with the ``.gz`` files decompressed (data roots may be read-only)."""
+    files, else a cache copy with the ``.gz`` files decompressed (data roots may be read-only).
+
+    The copy is checked (:func:`check_idx_bytes`) before it is cached, built in a temporary folder and renamed into
+    place complete, and keyed on the source files' identity (:func:`_cache_entry`); entries of older versions of
+    the same folder's files are removed. Every error names the source file, never the cache."""
     if folder.name == "raw" and folder.parent.name == tv_name and all((folder / f).exists() for f in IDX_FILES):
         return folder.parent.parent
-    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
-    root = cache_dir() / "idx" / key
-    raw = root / tv_name / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in IDX_FILES:
-        if (raw / f).exists():
-            continue
-        tmp = raw / f"{f}.partial"
+    parent, root = _cache_entry(folder)
+    if (root / tv_name / "raw").is_dir():
+        return root
+    parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(dir=parent, prefix=".build-"))
+    try:
+        raw = build / tv_name / "raw"
+        raw.mkdir(parents=True)
+        for f in IDX_FILES:
+            source = _source(folder, f)
+            try:
+                data = source.read_bytes() if source.suffix != ".gz" else gzip.decompress(source.read_bytes())
+            except (OSError, EOFError, gzip.BadGzipFile) as err:  # a truncated or non-gzip file
+                raise ValueError(f"could not decompress {source}: {err!r}; replace it with the original file") from err
+            check_idx_bytes(data, source)
+            (raw / f).write_bytes(data)
+        for old in parent.iterdir():  # entries built from earlier versions of these files (not others' builds)
+            if not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
         try:
-            if (folder / f).exists():
-                shutil.copyfile(folder / f, tmp)
-            else:
-                with gzip.open(folder / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        except (OSError, EOFError) as err:  # a truncated or non-gzip file
-            tmp.unlink(missing_ok=True)
-            raise ValueError(f"could not decompress {folder / (f + '.gz')}: {err!r}") from err
-        tmp.replace(raw / f)  # atomic: a killed run never leaves a truncated file behind
+            build.rename(root)
+        except OSError:
+            if not (root / tv_name / "raw").is_dir():  # else another process finished the same entry first
+                raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     return root
 
 
@@ -106,7 +152,10 @@ class IdxDataModule(ImageDataModule):
 
     def _find(self, root: Path) -> Path | None:
         folder = _find_idx_folder(root, self.tv_name)
-        return None if folder is None else _torchvision_layout(folder, self.tv_name)
+        if folder is None:
+            return None
+        self._source_folder = folder
+        return _torchvision_layout(folder, self.tv_name)
 
     def _download(self, target: Path) -> None:
         self.tv_class(str(target), train=True, download=True)
@@ -122,7 +171,10 @@ class IdxDataModule(ImageDataModule):
         try:
             ds = self.tv_class(str(root), train=train, download=False)
         except Exception as err:
-            raise ValueError(f"could not parse the {self.name} idx files under {root}: {err!r}") from err
+            source = getattr(self, "_source_folder", root)
+            if source != root:  # never keep a cache entry that failed to parse
+                shutil.rmtree(root, ignore_errors=True)
+            raise ValueError(f"could not parse the {self.name} idx files in {source}: {err!r}") from err
         images = ds.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
         if self.image_size == 32:
             if self.upscale == "pad":

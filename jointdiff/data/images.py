@@ -135,11 +135,17 @@ def decode_into(files: ImageFiles, out: np.ndarray, num_workers: int = 0, desc: 
 
 
 def source_fingerprint(paths: Sequence[Path]) -> list:
-    """Resolved path, size and mtime of each source file: changes when the data is replaced."""
+    """Resolved path, size and mtime of each source file: changes when the data is replaced. A folder counts
+    its files, their total size and their latest mtime (a folder's own mtime misses a file replaced in place)."""
     out = []
     for p in paths:
-        st = p.stat()
-        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        if p.is_dir():
+            stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+            out.append([str(p.resolve()), len(stats), sum(st.st_size for st in stats),
+                        max((st.st_mtime_ns for st in stats), default=0)])
+        else:
+            st = p.stat()
+            out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     return out
 
 

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.datasets.utils import download_url
 
-from jointdiff.callbacks.logging import atomic_write_json
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits, cache_dir
 from jointdiff.data.images import ImageFiles, Resampling, cached_decode, source_fingerprint
+from jointdiff.files import atomic_write_json
 
 CLASSES = ("Uninfected", "Parasitized")  # label = index
 NIH_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"

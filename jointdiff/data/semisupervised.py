@@ -80,7 +80,8 @@ class LabelledBuffer:
     Per step with ``B`` examples of which the labelled ones are ``(x, y)``: if the buffer and the new labelled
     examples together reach ``B``, :meth:`push` returns all of them (≥ ``B`` examples) and empties the buffer;
     otherwise it keeps them and returns ``None`` (no classifier term this step). The buffer lives on the
-    examples' device and is not checkpointed: a resumed run starts it empty (fewer than ``B`` examples lost).
+    examples' device; the joint model saves it in its checkpoints (:meth:`state_dict`), so a resumed run continues
+    with the examples the interrupted one held.
     """
 
     def __init__(self):
@@ -98,6 +99,19 @@ class LabelledBuffer:
             self.targets.append(y.detach())
             self.size += len(x)
         return None
+
+    def state_dict(self) -> dict:
+        """The held examples, concatenated on the CPU (empty tensors when the buffer is empty)."""
+        if not self.size:
+            return {"images": torch.empty(0), "targets": torch.empty(0, dtype=torch.long)}
+        return {"images": torch.cat(self.images).cpu(), "targets": torch.cat(self.targets).cpu()}
+
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        self.clear()
+        if len(state["images"]):
+            self.images = [state["images"].to(device) if device is not None else state["images"]]
+            self.targets = [state["targets"].to(device) if device is not None else state["targets"]]
+            self.size = len(state["images"])
 
     def clear(self) -> None:
         self.images, self.targets, self.size = [], [], 0

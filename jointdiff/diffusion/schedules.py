@@ -76,5 +76,5 @@ def canonical_schedule(name: str) -> str:
 def make_beta_schedule(name: str, num_steps: int) -> torch.Tensor:
     name = canonical_schedule(name)
     if num_steps < 2:
-        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+        raise ValueError(f"the number of diffusion steps (diffusion_steps, T) must be >= 2, got {num_steps}")
     return SCHEDULES[name](num_steps)

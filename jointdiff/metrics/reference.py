@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from jointdiff.data.base import cache_dir
+from jointdiff.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,8 @@ class ReferenceCache:
 
     def save(self, key: ReferenceKey, features: torch.Tensor) -> Path:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({"key": asdict(key), "features": features.detach().cpu().float().contiguous()}, tmp)
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+        record = {"key": asdict(key), "features": features.detach().cpu().float().contiguous()}
+        atomic_write(path, lambda f: torch.save(record, f))  # a killed run never leaves a half-written entry
         return path
 
 

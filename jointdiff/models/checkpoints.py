@@ -34,7 +34,9 @@ class RecordsClass:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_checkpoint(checkpoint)
-        check_schedule(self, checkpoint.get("hyper_parameters", {}), "the checkpoint")
+        check_checkpoint_fits(self, checkpoint, "the checkpoint")
+        # the step the loaded weights were trained to (``test --ckpt_path`` reports it; the trainer's is 0 there)
+        self.loaded_global_step = int(checkpoint.get("global_step", 0))
         if RNG_KEY in checkpoint:
             states = dict(checkpoint[RNG_KEY])
             kind, keys, pos, has_gauss, gauss = states["numpy"]
@@ -70,15 +72,81 @@ def check_schedule(model, hparams: dict, source: str) -> None:
         )
 
 
-def _read(path: str | Path, map_location) -> dict:
+# Hyper-parameters that fix what a checkpoint's weights mean: the data they were trained on and the architecture.
+# A checkpoint is refused by a model that differs in any of them (when both record it). Learning rate, dropout,
+# augmentation, EMA decay and the like may change between runs and are not compared.
+IDENTITY_KEYS = (
+    "image_size", "channels", "num_classes", "task",
+    "model_channels", "channel_mult", "num_res_blocks", "attention_downsample", "num_heads", "norm_groups",
+    "classifier_weight_is_zero",
+)
+
+
+def _comparable(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable(v) for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _identity(hparams) -> dict:
+    out = {k: _comparable(hparams[k]) for k in IDENTITY_KEYS if k in hparams}
+    if "classifier_weight" in hparams:  # λ = 0 builds no classifier head: a different set of weights
+        out["classifier_weight_is_zero"] = float(hparams["classifier_weight"]) == 0.0
+    return out
+
+
+def check_same_class(checkpoint: dict, class_path: str, source: str) -> None:
+    """Raise one line unless ``checkpoint`` was written by the class ``class_path`` names (compared by class name:
+    the import path may be a short alias such as ``jointdiff.models.JointDiffusion``)."""
+    theirs, mine = checkpoint.get(CLASS_KEY, "").rsplit(".", 1)[-1], class_path.rsplit(".", 1)[-1]
+    if theirs and mine and theirs != mine:
+        raise ValueError(f"{source} holds a {theirs} but this run builds a {mine}: use the config the checkpoint "
+                         "was trained with")
+
+
+def check_checkpoint_fits(model, checkpoint: dict, source: str) -> None:
+    """Raise one line unless ``checkpoint`` was written by ``model``'s class with the same data shape, architecture
+    and noise schedule: a checkpoint whose weights load into another image size or class count would otherwise be
+    evaluated without complaint (convolutions do not care about the image size)."""
+    check_same_class(checkpoint, f"{type(model).__module__}.{type(model).__qualname__}", source)
+    hparams = checkpoint.get("hyper_parameters", {}) or {}
+    ckpt_id, model_id = _identity(hparams), _identity(getattr(model, "hparams", {}))
+    diffs = [k for k in ckpt_id.keys() & model_id.keys() if ckpt_id[k] != model_id[k]]
+    if diffs:
+        order = {k: i for i, k in enumerate(IDENTITY_KEYS)}
+        diffs.sort(key=order.get)
+        mine_hp = model.hparams
+        both = "; ".join(f"{k}: checkpoint {hparams.get(k, ckpt_id[k])!r}, this run {mine_hp.get(k, model_id[k])!r}"
+                         for k in diffs)
+        raise ValueError(f"{source} does not fit this model ({both}): use the data and model settings the checkpoint "
+                         "was trained with")
+    check_schedule(model, hparams, source)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """The checkpoint dict in ``path``, or one line saying why it cannot be one (missing, empty, truncated, not a
+    PyTorch file, not a dict). ``mmap=True`` maps the tensors instead of reading them (a cheap look inside)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes), probably from a run killed while saving: pass another checkpoint")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err!r}") from err
-    return upgrade_checkpoint(checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}): "
+                         "pass a checkpoint written by `jointdiff fit`") from err
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint: pass a file written by "
+                         "`jointdiff fit`")
+    return checkpoint
+
+
+def _read(path: str | Path, map_location) -> dict:
+    return upgrade_checkpoint(read_checkpoint(path, map_location))
 
 
 def load_model(

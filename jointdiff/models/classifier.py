@@ -21,6 +21,7 @@ import torchmetrics
 from torch import nn
 
 from jointdiff.data.semisupervised import labelled_mask
+from jointdiff.models.args import check_optimizer_args
 from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
@@ -97,6 +98,7 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer_args(lr, weight_decay)
         if task not in ("multiclass", "multilabel"):
             raise ValueError(f"task must be multiclass|multilabel, got {task!r}")
         if eval_weights not in ("ema", "raw"):
@@ -133,9 +135,6 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
         self.log("train/classifier_loss", loss, prog_bar=True, batch_size=n_labelled)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network)
-
     # evaluation ------------------------------------------------------------------------------------------------
     def _evaluate(self, batch, split: str) -> None:
         x0, y = batch
@@ -151,7 +150,7 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
             self.log(f"{split}/acc_{w}", metric, on_epoch=True, on_step=False)
             if w == self.hparams.eval_weights:
                 loss = classification_loss(logits, y, self.hparams.task)
-                self.log(f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=len(y))
+                self.log(f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=len(y), sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -174,4 +173,6 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
         self._log_selected_accuracy("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return self.ema.follow(optimizer, self.network)

@@ -50,6 +50,16 @@ class EMA(nn.Module):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.num_updates = int(state)
 
+    def follow(self, optimizer: torch.optim.Optimizer, network: nn.Module) -> torch.optim.Optimizer:
+        """Update towards ``network`` after every step ``optimizer`` really takes, and return ``optimizer``.
+
+        An optimizer step-post hook, not a batch-end hook: it runs once per optimizer step under gradient
+        accumulation, not after a step that mixed precision's GradScaler skipped (inf/NaN gradients), and inside the
+        optimizer step, so a checkpoint saved at the end of that batch (``ModelCheckpoint`` runs its batch-end hook
+        before the module's) holds the EMA of the same step as the weights."""
+        optimizer.register_step_post_hook(lambda *_: self.update(network))
+        return optimizer
+
     @torch.no_grad()
     def update(self, network: nn.Module) -> None:
         """One EMA step towards ``network``'s weights, the ``num_updates``-th (counted from 1)."""

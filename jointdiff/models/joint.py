@@ -21,7 +21,14 @@ from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_m
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.schedules import BetaSchedule
-from jointdiff.models.checkpoints import RecordsClass, check_schedule, load_state_dict_checked, upgrade_checkpoint
+from jointdiff.models.args import check_optimizer_args
+from jointdiff.models.checkpoints import (
+    RecordsClass,
+    check_checkpoint_fits,
+    load_state_dict_checked,
+    read_checkpoint,
+    upgrade_checkpoint,
+)
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.joint import JointNetwork
@@ -102,6 +109,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer_args(lr, weight_decay)
         if classifier_weight < 0:
             raise ValueError(f"classifier_weight must be >= 0, got {classifier_weight}")
         if skip_classifier_loss and classifier_weight == 0:
@@ -174,11 +182,11 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             return
         if not Path(path).is_file():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        ckpt = read_checkpoint(path)
+        if "state_dict" not in ckpt:
             raise ValueError(f"init_from={path} is not a Lightning checkpoint (no 'state_dict')")
         upgrade_checkpoint(ckpt)
-        check_schedule(self, ckpt.get("hyper_parameters", {}), f"init_from={path}")
+        check_checkpoint_fits(self, ckpt, f"init_from={path}")
         load_state_dict_checked(self.network, ckpt["state_dict"], path, prefix="network.")
         # the EMA with its update count: its warm-up continues where stage 1 left it (docs/fidelity.md, item 4)
         load_state_dict_checked(self.ema, ckpt["state_dict"], path, prefix="ema.")
@@ -247,8 +255,22 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             return 0.0 * logits.sum(), False
         return self.classification_loss(logits, released[1]), True
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network)
+    # checkpoints: the training state outside the weights, so that a resumed run continues exactly -------------
+    TRAIN_STATE_KEY = "jointdiff_train_state"
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[self.TRAIN_STATE_KEY] = {
+            "classifier_batches": self.classifier_batches,
+            "labelled_buffer": self.labelled_buffer.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get(self.TRAIN_STATE_KEY)
+        if state is not None:  # (absent from checkpoints written before 2026-12-02: counter 0, empty buffer)
+            self.classifier_batches = int(state["classifier_batches"])
+            self.labelled_buffer.load_state_dict(state["labelled_buffer"], self.device)
 
     # evaluation ------------------------------------------------------------------------------------------------
     def _evaluate(self, batch, batch_idx: int, split: str) -> None:
@@ -265,7 +287,8 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         t = torch.randint(0, self.diffusion.num_steps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         loss = eps_loss(self.eval_network(self.diffusion.q_sample(x0, t, noise), t), noise)
-        self.log(f"{split}/diffusion_loss", loss, on_epoch=True, on_step=False, batch_size=x0.shape[0])
+        self.log(f"{split}/diffusion_loss", loss, on_epoch=True, on_step=False, batch_size=x0.shape[0],
+                 sync_dist=True)  # the mean over every rank's examples (Lightning sums values and counts)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -327,4 +350,5 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         params = list(self.network.parameters())
         # fused AdamW: one kernel for all parameters on CUDA; on CPU torch's default (foreach) is used
         fused = True if params and params[0].is_cuda else None
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, fused=fused)
+        return self.ema.follow(optimizer, self.network)

@@ -20,6 +20,7 @@ from torch import nn
 from jointdiff.data.semisupervised import labelled_mask
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.schedules import BetaSchedule
+from jointdiff.models.args import check_optimizer_args
 from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.classifier import (
     Task,
@@ -74,6 +75,7 @@ class NoiseAwareClassifier(RecordsClass, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer_args(lr, weight_decay)
         if task not in ("multiclass", "multilabel"):
             raise ValueError(f"task must be multiclass|multilabel, got {task!r}")
         self.network = EncoderUNet(
@@ -134,7 +136,7 @@ class NoiseAwareClassifier(RecordsClass, L.LightningModule):
         noised.update(logits, y)
         self.log(f"{split}/acc_noised", noised, on_epoch=True, on_step=False)
         loss = classification_loss(logits, y, task)
-        self.log(f"{split}/loss_noised", loss, on_epoch=True, on_step=False, batch_size=len(y))
+        self.log(f"{split}/loss_noised", loss, on_epoch=True, on_step=False, batch_size=len(y), sync_dist=True)
         hits, quarter = correct(logits, y, task), (t * NUM_QUARTERS) // T
         for q in range(NUM_QUARTERS):
             sel = quarter == q

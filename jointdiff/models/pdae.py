@@ -21,6 +21,7 @@ import torch
 
 from jointdiff.diffusion.ddim import ddim_invert, ddim_sample, respaced_timesteps
 from jointdiff.diffusion.gaussian import GaussianDiffusion, extract
+from jointdiff.models.args import check_optimizer_args
 from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.classifier import Task, check_datamodule_matches
 from jointdiff.models.ema import EMA
@@ -102,6 +103,7 @@ class PDAE(RecordsClass, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer_args(lr)
         if not pretrained:
             raise ValueError(
                 "PDAE needs --model.init_args.pretrained: a DDPM checkpoint of this dataset (from jointdiff fit)"
@@ -167,17 +169,15 @@ class PDAE(RecordsClass, L.LightningModule):
         self.log("train/loss_base", base)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network)
-
     def _evaluate(self, batch, batch_idx: int, split: str) -> None:
         x0 = batch[0]
         g = torch.Generator(device=x0.device).manual_seed(batch_idx)  # eval loaders do not shuffle: fixed draws
         t = torch.randint(0, self.diffusion.num_steps, (x0.shape[0],), device=x0.device, generator=g)
         noise = torch.randn(x0.shape, device=x0.device, generator=g)
         loss, base = self.pdae_loss(self.ema.module, x0, t, noise)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=x0.shape[0])
-        self.log(f"{split}/loss_base", base, batch_size=x0.shape[0])  # the frozen DPM alone: the gap to close
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
+        # the frozen DPM alone: the gap to close
+        self.log(f"{split}/loss_base", base, batch_size=x0.shape[0], sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -186,7 +186,7 @@ class PDAE(RecordsClass, L.LightningModule):
         self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr)
+        return self.ema.follow(torch.optim.Adam(self.network.parameters(), lr=self.hparams.lr), self.network)
 
     # inference (EMA weights) -------------------------------------------------------------------------------------
     @torch.no_grad()

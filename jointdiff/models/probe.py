@@ -27,6 +27,7 @@ from torch import nn
 
 from jointdiff.data.semisupervised import labelled_mask
 from jointdiff.diffusion.gaussian import GaussianDiffusion
+from jointdiff.models.args import check_optimizer_args
 from jointdiff.models.checkpoints import RecordsClass, load_model
 from jointdiff.models.classifier import (
     Task,
@@ -121,6 +122,7 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer_args(lr, weight_decay)
         if not checkpoint:
             raise ValueError(
                 "FrozenDDPMProbe needs --model.init_args.checkpoint: a DDPM/joint checkpoint of this dataset"
@@ -187,9 +189,6 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
         self.log("train/classifier_loss", loss, prog_bar=True, batch_size=len(t))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.ema.update(self.network)
-
     # evaluation -----------------------------------------------------------------------------------------------
     def _evaluate(self, batch, batch_idx: int, split: str) -> None:
         x0, y = batch
@@ -205,7 +204,7 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
             self.log(f"{split}/acc_{w}", metric, on_epoch=True, on_step=False)
             if w == self.hparams.eval_weights:
                 loss = classification_loss(logits, y[keep], self.hparams.task)
-                self.log(f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=len(t))
+                self.log(f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=len(t), sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -229,4 +228,5 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         head = self.network.head.parameters()
-        return torch.optim.AdamW(head, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(head, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return self.ema.follow(optimizer, self.network)

@@ -24,8 +24,10 @@ import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from jointdiff.callbacks.logging import atomic_write_json, run_dir
+from jointdiff.callbacks.logging import run_dir
+from jointdiff.files import atomic_write_json
 from jointdiff.workflow.runs import slurm_run_key
 
 RUN_RECORD = "run.json"
@@ -118,18 +120,21 @@ class RunRecord(L.Callback):
             "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None,
             "world_size": trainer.world_size,
             "slurm": _slurm_info(),
+            "pid": os.getpid(),
             "status": "running",
         }
         data["attempts"].append(self._attempt)
         self._save(trainer, data)
 
-    def _finish(self, trainer: L.Trainer, status: str) -> None:
+    def _finish(self, trainer: L.Trainer, status: str, reason: str | None = None) -> None:
         if self._attempt is None:
             return
         data = self._load(trainer)
         if data["attempts"]:
             data["attempts"][-1].update(status=status, end_step=trainer.global_step,
                                         ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            if reason:
+                data["attempts"][-1]["reason"] = reason
             self._save(trainer, data)
         self._attempt = None
 
@@ -139,4 +144,27 @@ class RunRecord(L.Callback):
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._finish(trainer, f"interrupted ({type(exception).__name__})")
+        """A signal (SIGTERM, Ctrl-C) records ``interrupted``, any other exception ``failed``; a SIGKILLed attempt
+        cannot record anything and stays ``running``, which :func:`attempt_status` reads as ``stale``."""
+        signalled = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
+        reason = f"{type(exception).__name__}: {exception}"[:300]
+        self._finish(trainer, "interrupted" if signalled else "failed", reason)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def attempt_status(attempt: dict) -> str:
+    """An attempt's recorded status, with ``running`` read as ``stale`` when it was recorded on this host by a
+    process that no longer exists (a SIGKILLed run never records its end)."""
+    status = attempt.get("status", "running")
+    if status == "running" and attempt.get("host") == socket.gethostname() and attempt.get("pid"):
+        return "running" if pid_alive(int(attempt["pid"])) else "stale"
+    return status

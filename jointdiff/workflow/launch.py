@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jointdiff.callbacks.logging import atomic_write_json
+from jointdiff.files import atomic_write_json
+from jointdiff.workflow.callbacks import attempt_status
 from jointdiff.workflow.runs import RUN_DIR_ENV
 from jointdiff.workflow.sweeps import fit_args
 
@@ -44,6 +47,17 @@ class Job:
         return " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items()) + " " + shlex.join(self.argv)
 
 
+# exit statuses of a run stopped by SIGTERM/SIGINT/SIGKILL: 128 + the signal (a shell, the jointdiff CLI on SIGTERM)
+# or minus the signal (how Python reports a child killed by it)
+INTERRUPTED_RETURNCODES = frozenset({128 + 15, 128 + 2, 128 + 9, -15, -2, -9})
+
+
+def run_status(returncode: int) -> str:
+    if returncode == 0:
+        return "finished"
+    return "interrupted" if returncode in INTERRUPTED_RETURNCODES else "failed"
+
+
 def _record(jobs: list[Job], results: dict[int, dict], path: Path, meta: dict) -> None:
     runs = []
     for i, job in enumerate(jobs):
@@ -52,25 +66,90 @@ def _record(jobs: list[Job], results: dict[int, dict], path: Path, meta: dict) -
     atomic_write_json({**meta, "runs": runs}, path)
 
 
+def previous_results(jobs: list[Job], manifest: Path) -> dict[int, dict]:
+    """What an earlier ``sweep run`` into the same folder recorded for each of ``jobs`` (same name and argv): its
+    record, with a ``running`` run whose runner process is gone (killed) read as ``stale``."""
+    if not manifest.is_file():
+        return {}
+    try:
+        old = {r["index"]: r for r in json.loads(manifest.read_text()).get("runs", [])}
+    except (ValueError, KeyError, TypeError):
+        return {}
+    found = {}
+    for i, job in enumerate(jobs):
+        r = old.get(i)
+        if r is None or r.get("name") != job.name or r.get("argv") != job.argv:
+            continue
+        record = {k: v for k, v in r.items() if k not in ("index", "name", "params", "argv", "env", "run_dir")}
+        if record.get("status") == "running":
+            record["status"] = attempt_status({"status": "running", "host": record.get("host"),
+                                               "pid": record.get("pid")})
+        found[i] = record
+    return found
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``last.ckpt`` under ``run_dir`` (wherever the run's ModelCheckpoint put it), if any."""
+    found = sorted(Path(run_dir).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) if Path(run_dir).is_dir() else []
+    return found[-1] if found else None
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def run_locally(
     jobs: list[Job], manifest: Path, meta: dict, keep_going: bool = False, cwd: str | None = None
 ) -> list[dict]:
-    """Run ``jobs`` in order (a failed run stops the rest unless ``keep_going``); returns the per-run records."""
-    results: dict[int, dict] = {}
+    """Run ``jobs`` in order (a failed run stops the rest unless ``keep_going``); returns the per-run records.
+
+    Runs that an earlier invocation into the same ``manifest`` finished are skipped; interrupted, stale (their
+    runner was killed), failed and pending runs run again, a ``jointdiff fit`` one resuming from the newest
+    ``last.ckpt`` in its run folder (from scratch when there is none). A
+    SIGTERM to this runner stops the current run (SIGTERM to it too), records it as interrupted, and exits 143."""
+    earlier = previous_results(jobs, manifest)
+    results = {i: r for i, r in earlier.items() if r.get("status") == "finished"}
     _record(jobs, results, manifest, meta)
-    for i, job in enumerate(jobs):
-        print(f"[{i + 1}/{len(jobs)}] {job.name}: {job.shell()}", flush=True)
-        start = time.perf_counter()
-        # this interpreter's bin folder first, so `jointdiff` (and `python`) resolve to this environment
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        proc = subprocess.run(job.argv, env={**os.environ, "PATH": path, **job.env}, cwd=cwd)
-        results[i] = {"status": "finished" if proc.returncode == 0 else "failed", "returncode": proc.returncode,
-                      "seconds": round(time.perf_counter() - start, 1)}
-        _record(jobs, results, manifest, meta)
-        if proc.returncode != 0 and not keep_going:
-            print(f"{job.name} failed (exit {proc.returncode}); stopping (use --keep_going to continue)",
-                  file=sys.stderr)
-            break
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        for i, job in enumerate(jobs):
+            if i in results:
+                print(f"[{i + 1}/{len(jobs)}] {job.name}: finished earlier, skipped", flush=True)
+                continue
+            argv = list(job.argv)
+            last = last_checkpoint(job.run_dir) if i in earlier and fit_args(argv) is not None else None
+            if last is not None and not any(a.startswith("--ckpt_path") for a in argv):
+                argv.append(f"--ckpt_path={last}")  # an interrupted or stale fit resumes from its last checkpoint
+            print(f"[{i + 1}/{len(jobs)}] {job.name}: {job.shell()}", flush=True)
+            start = time.perf_counter()
+            # this interpreter's bin folder first, so `jointdiff` (and `python`) resolve to this environment
+            path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+            proc = subprocess.Popen(argv, env={**os.environ, "PATH": path, **job.env}, cwd=cwd)
+            results[i] = {"status": "running", "host": socket.gethostname(), "pid": os.getpid(), "argv_run": argv}
+            _record(jobs, results, manifest, meta)
+            try:
+                returncode = proc.wait()
+            except (_Terminated, KeyboardInterrupt):
+                proc.terminate()
+                proc.wait()
+                results[i] = {"status": "interrupted", "returncode": proc.returncode, "argv_run": argv,
+                              "seconds": round(time.perf_counter() - start, 1)}
+                _record(jobs, results, manifest, meta)
+                print(f"{job.name} interrupted; `sweep run` again to resume it", file=sys.stderr)
+                sys.exit(128 + signal.SIGTERM)
+            results[i] = {"status": run_status(returncode), "returncode": returncode, "argv_run": argv,
+                          "seconds": round(time.perf_counter() - start, 1)}
+            _record(jobs, results, manifest, meta)
+            if returncode != 0 and not keep_going:
+                print(f"{job.name} {results[i]['status']} (exit {returncode}); stopping (use --keep_going to "
+                      "continue; `sweep run` again re-runs it)", file=sys.stderr)
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return json.loads(manifest.read_text())["runs"]
 
 
