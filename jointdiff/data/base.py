@@ -11,6 +11,7 @@ holds out the validation part of the training split, checks shapes and labels ag
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from jointdiff.data.semisupervised import UNLABELLED, hide_labels, select_labelled, validate_labelled_args
+
+# torchdata 0.11 calls torch.set_vital on every iterator, which torch ≥ 2.9 deprecates with a warning each epoch
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 DATA_ROOT_ENV = "JOINTDIFF_DATA_ROOT"
 CACHE_ENV = "JOINTDIFF_CACHE"
