@@ -113,10 +113,11 @@ class JointDiffCLI(LightningCLI):
         path = self.config[sub].get("ckpt_path") if sub else None
         if not path or str(path) in CKPT_PATH_KEYWORDS or not Path(path).is_file():
             return super()._parse_ckpt_path()
+        self._checkpoint = (str(path), read_checkpoint(path, mmap=True))  # read once; _check_ckpt_path reuses it
         configured = self.config[sub].get("model")
         if configured is None:
             return super()._parse_ckpt_path()
-        check_same_class(read_checkpoint(path, mmap=True), configured.get("class_path") or "", str(path))
+        check_same_class(self._checkpoint[1], configured.get("class_path") or "", str(path))
         before = (configured.get("class_path"), dict(configured.get("init_args") or {}))
         super()._parse_ckpt_path()  # the model's class and arguments now come from the checkpoint
         after = self.config[sub].get("model")
@@ -134,8 +135,9 @@ class JointDiffCLI(LightningCLI):
         path = self.config[self.subcommand].get("ckpt_path")
         if path is None or str(path) in CKPT_PATH_KEYWORDS:
             return
-        checkpoint = upgrade_checkpoint(read_checkpoint(path, mmap=True))
-        check_checkpoint_fits(self.model, checkpoint, str(path))
+        cached = getattr(self, "_checkpoint", None)
+        checkpoint = cached[1] if cached and cached[0] == str(path) else read_checkpoint(path, mmap=True)
+        check_checkpoint_fits(self.model, upgrade_checkpoint(checkpoint), str(path))
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

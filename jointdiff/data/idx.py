@@ -63,8 +63,9 @@ def _cache_entry(folder: Path) -> tuple[Path, Path]:
     source file's name, size and modification time, so replacing a file builds a new entry."""
     identity = []
     for f in IDX_FILES:
-        st = _source(folder, f).stat()
-        identity.append([_source(folder, f).name, st.st_size, st.st_mtime_ns])
+        source = _source(folder, f)
+        st = source.stat()
+        identity.append([source.name, st.st_size, st.st_mtime_ns])
     parent = cache_dir() / "idx" / hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
     return parent, parent / hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:12]
 
