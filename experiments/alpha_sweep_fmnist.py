@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--refit_head_steps", type=int, default=0,
                         help="control: first re-train only the head on frozen noisy features for this many steps")
     parser.add_argument("--refit_head_lr", type=float, default=1e-3)
+    parser.add_argument("--clip_denoised", action="store_true",
+                        help="clamp x̂0 at every step (as the main job's grids); the reference sampler does not")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,7 +168,7 @@ def main() -> None:
     print("joint head accuracy on noised test images, by step: " + ", ".join(f"{k}: {v:.3f}" for k, v in
                                                                                head_acc.items()), flush=True)
     common = dict(judge=judge_logits, features=judge_features, real_features=real_features, seed=args.seed,
-                  batch_size=args.batch_size, grids=out / "grids", progress=False)
+                  batch_size=args.batch_size, grids=out / "grids", progress=False, clip_denoised=args.clip_denoised)
     rows = run_alpha_sweep(model, args.alphas, classes, args.num_per_class, **common)
     for r in rows:
         r["direction"] = 1
@@ -179,7 +181,7 @@ def main() -> None:
     meta = {"checkpoint": args.checkpoint, "judge": "LeNet-5 trained in this script", "judge_test_accuracy": judge_acc,
             "judge_epochs": args.judge_epochs, "features": "LeNet-5 fc2 (84-d, pre-ReLU) of uint8-quantised images",
             "num_real": len(real_features), "head_accuracy_by_step": head_acc, "num_per_class": args.num_per_class,
-            "seed": args.seed, "head_refit": None if refit is None else {
+            "seed": args.seed, "clip_denoised": args.clip_denoised, "head_refit": None if refit is None else {
                 "steps": args.refit_head_steps, "lr": args.refit_head_lr, "loss_per_50_steps": refit,
                 "note": "control: head re-trained on frozen noisy encoder features; not the paper's model"},
             "diffusion_steps": model.diffusion.num_steps, "hparams": dict(model.hparams)}

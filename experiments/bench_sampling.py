@@ -4,9 +4,9 @@ classifier guidance (§5.3).
     python experiments/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
     python experiments/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
 
-``quick``: the UNet and head of configs/fashion_mnist/quick.yaml (C=32, (1,2,2), 1 ResBlock, middle attention,
-T=500, 10 classes) and the EncoderUNet classifier of noise_classifier_quick.yaml. ``paper``: joint.yaml's UNet
-(C=64, 3 ResBlocks, attention at full resolution) and noise_classifier.yaml's classifier (ADM: C=128,
+``quick``: the UNet and head of configs/fashion_mnist/quick.yaml before issue 13 (C=32, (1,2,2), 1 ResBlock,
+middle attention, T=500, 10 classes) and the EncoderUNet classifier of noise_classifier_quick.yaml. ``paper``:
+joint.yaml's UNet (C=64, 3 ResBlocks, attention at full resolution) and noise_classifier.yaml's classifier (ADM: C=128,
 2 ResBlocks, attention at the reference resolutions). The guided DDPM is the same UNet as the joint model.
 Weights are random (cost does not depend on them). The three steps are timed interleaved, round after round, so
 that load from other processes hits them alike; the table gives the median and the ratio to the unconditional

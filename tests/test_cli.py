@@ -56,6 +56,48 @@ def test_fit_then_test_from_config_writes_checkpoint_metrics_and_grid(data_root,
     assert model.hparams.num_classes == 10 and model.hparams.image_size == 28  # linked from the DataModule
 
 
+def test_main_job_writes_a_class_conditional_grid_drawn_with_the_joint_sampler(data_root, tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, noisy_classifier="replace")
+    cfg = yaml.safe_load(overrides.read_text())
+    cfg["trainer"]["callbacks"].insert(2, {"class_path": "jointdiff.callbacks.ClassConditionalGrid",
+                                           "init_args": {"per_class": 2, "alpha": 50.0, "seed": 5,
+                                                         "clip_denoised": True}})
+    overrides.write_text(yaml.safe_dump(cfg))
+    main(["fit", "-c", QUICK, "-c", str(overrides)])
+    out = capsys.readouterr().out
+    metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
+    grid = Path(metrics["conditional_grid"])
+    assert grid.name == "conditional_step_0000003.png" and grid != Path(metrics["sample_grid"])
+    assert f"class grid     {grid}  (x̂0 clamped to [-1, 1] while sampling)" in out
+    assert f"sample grid    {metrics['sample_grid']}" in out and metrics["conditional_grid_clip_denoised"] is True
+    assert "wall time (s)" in out and "checkpoints/last.ckpt" in out
+    assert metrics["test"]["wall_time_s"] >= metrics["fit"]["wall_time_s"] > 0
+    # independent redraw: row k holds class k, 2 samples each, from the EMA weights, seeded generator, all T steps
+    from PIL import Image
+
+    from jointdiff.callbacks.samples import save_grid
+    from jointdiff.diffusion.conditional import joint_conditional_sample
+
+    model = load_model(metrics["checkpoint"], expected=JointDiffusion)
+    net = model.ema.module.eval()
+    targets = torch.tensor([k for k in range(10) for _ in range(2)])
+    x = joint_conditional_sample(net, model.diffusion, (20, 1, 28, 28), targets, 50.0,
+                                 generator=torch.Generator().manual_seed(5), clip_denoised=True)
+    expected = save_grid(x, tmp_path / "expected.png", nrow=2)
+    got, want = Image.open(grid), Image.open(expected)
+    assert got.size == want.size == (2 * 30 + 2, 10 * 30 + 2)
+    assert got.tobytes() == want.tobytes()
+
+
+def test_class_conditional_grid_rejects_a_model_without_head(data_root, tmp_path):
+    overrides = tiny_overrides(tmp_path, classifier_weight=0.0)
+    cfg = yaml.safe_load(overrides.read_text())
+    cfg["trainer"]["callbacks"].append({"class_path": "jointdiff.callbacks.ClassConditionalGrid"})
+    overrides.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="ClassConditionalGrid needs a multi-class model with a classifier head"):
+        main(["fit", "-c", QUICK, "-c", str(overrides)])
+
+
 def test_print_config_shows_resolved_values(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "-c", "configs/fashion_mnist/joint.yaml", "--print_config"])

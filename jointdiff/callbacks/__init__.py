@@ -2,6 +2,6 @@
 
 from jointdiff.callbacks.evaluation import GenerativeEvaluation
 from jointdiff.callbacks.logging import MetricsJSON
-from jointdiff.callbacks.samples import SampleGrid
+from jointdiff.callbacks.samples import ClassConditionalGrid, SampleGrid
 
-__all__ = ["GenerativeEvaluation", "MetricsJSON", "SampleGrid"]
+__all__ = ["ClassConditionalGrid", "GenerativeEvaluation", "MetricsJSON", "SampleGrid"]

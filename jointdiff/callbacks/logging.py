@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -36,10 +37,18 @@ def _plain(value):
 
 class MetricsJSON(L.Callback):
     """Writes ``<run dir>/metrics.json`` after fitting and after testing (merging stages), and prints a summary
-    with the test accuracy and the paths of the checkpoint, this JSON and the last sample grid."""
+    with the test metrics, the wall time of the run (fit and test) and every file in the run folder.
+
+    Sample-grid callbacks are found by their ``grid_key`` attribute (``sample_grid``, ``conditional_grid``): the
+    path of each one's last grid is stored under that key."""
 
     def __init__(self, filename: str = "metrics.json"):
         self.filename = filename
+        self._started: float | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._started is None:  # `fit` then `test` in one process: the wall time covers both
+            self._started = time.monotonic()
 
     def _path(self, trainer: L.Trainer) -> Path:
         return run_dir(trainer) / self.filename
@@ -63,9 +72,12 @@ class MetricsJSON(L.Callback):
             ckpt = trainer.checkpoint_callback
             if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
                 data["checkpoint"] = ckpt.last_model_path or ckpt.best_model_path
-        grids = [cb.last_path for cb in trainer.callbacks if getattr(cb, "last_path", None)]
-        if grids:
-            data["sample_grid"] = str(grids[-1])
+        for cb in trainer.callbacks:
+            if getattr(cb, "grid_key", None) and getattr(cb, "last_path", None):
+                data[cb.grid_key] = str(cb.last_path)
+                data[f"{cb.grid_key}_clip_denoised"] = bool(getattr(cb, "clip_denoised", False))
+        if self._started is not None:
+            data[stage]["wall_time_s"] = round(time.monotonic() - self._started, 1)
         atomic_write_json(data, path)
         return data
 
@@ -81,8 +93,15 @@ class MetricsJSON(L.Callback):
         lines = ["", "=" * 72, "jointdiff test summary"]
         for key in sorted(k for k in test if k.startswith("test/")):
             lines.append(f"  {key:<24} {test[key]:.4f}")
+        if "wall_time_s" in test:
+            lines.append(f"  {'wall time (s)':<24} {test['wall_time_s']:.0f}")
         lines.append(f"  checkpoint     {data.get('checkpoint', '(none saved)')}")
         lines.append(f"  metrics JSON   {path}")
-        lines.append(f"  sample grid    {data.get('sample_grid', '(none)')}")
+        for key, label in (("sample_grid", "sample grid"), ("conditional_grid", "class grid")):
+            if key in data or key == "sample_grid":
+                clamped = "  (x̂0 clamped to [-1, 1] while sampling)" if data.get(f"{key}_clip_denoised") else ""
+                lines.append(f"  {label:<14} {data.get(key, '(none)')}{clamped}")
+        lines.append(f"  files in {path.parent}:")
+        lines += [f"    {f.relative_to(path.parent)}" for f in sorted(path.parent.rglob("*")) if f.is_file()]
         lines.append("=" * 72)
         print("\n".join(lines), flush=True)

@@ -1,4 +1,5 @@
-"""Sample grids during training, saved as PNG and logged to the logger."""
+"""Sample grids during training (unconditional, and class-conditional with the joint sampler), saved as PNG and
+logged to the logger."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torchvision
+from lightning.pytorch.utilities import rank_zero_warn
 
 from jointdiff.callbacks.logging import log_image, run_dir
 
@@ -31,6 +33,8 @@ class SampleGrid(L.Callback):
 
     The model must provide ``sample(num, generator, use_ema, progress, clip_denoised)``.
     """
+
+    grid_key = "sample_grid"  # where MetricsJSON records the last grid's path
 
     def __init__(
         self, every_n_epochs: int = 1, num_samples: int = 64, seed: int = 0, use_ema: bool = True,
@@ -70,3 +74,53 @@ class SampleGrid(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module)
+
+
+class ClassConditionalGrid(SampleGrid):
+    """A class-conditional grid drawn with the joint model's own sampler (Algorithm 1, :mod:`jointdiff.diffusion.
+    conditional`): one row per class, ``per_class`` samples each, written to
+    ``<run dir>/samples/conditional_step_XXXXXXX.png`` at the same moments as :class:`SampleGrid`.
+
+    The steering signal is the model's head on noisy inputs, so the grid is only meaningful for a model trained with
+    a noisy classifier (``noisy_classifier=replace|add``); a model without one gets a warning, not an error.
+    ``alpha``/``direction``: the sampler's step size and D11 direction. Multi-class models only.
+    The model must provide ``conditional_sample(targets, alpha, direction, generator, use_ema, progress,
+    clip_denoised)``.
+    """
+
+    grid_key = "conditional_grid"
+
+    def __init__(
+        self, per_class: int = 6, alpha: float = 200.0, direction: int = 1, every_n_epochs: int = 1, seed: int = 0,
+        use_ema: bool = True, clip_denoised: bool = False,
+    ):
+        if per_class < 1:
+            raise ValueError(f"per_class must be >= 1, got {per_class}")
+        if not alpha >= 0 or direction not in (1, -1):
+            raise ValueError(f"alpha must be >= 0 and direction +1 or -1, got {alpha}, {direction}")
+        super().__init__(every_n_epochs, per_class, seed, use_ema, clip_denoised)
+        self.per_class = per_class
+        self.alpha = alpha
+        self.direction = direction
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        hp = pl_module.hparams
+        if hp.get("task", "multiclass") != "multiclass" or not getattr(pl_module, "has_head", False):
+            raise ValueError("ClassConditionalGrid needs a multi-class model with a classifier head "
+                             f"(got {type(pl_module).__name__}, task={hp.get('task')!r}); remove the callback")
+        if hp.get("noisy_classifier", "off") == "off":
+            rank_zero_warn("ClassConditionalGrid: the model's head never saw noisy inputs (noisy_classifier=off), "
+                           "so it steers the sampler with features it was not trained on")
+
+    def _sample_and_save(self, trainer: L.Trainer, pl_module: L.LightningModule, directory: Path) -> None:
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        num_classes = pl_module.hparams.num_classes
+        targets = torch.arange(num_classes, device=pl_module.device).repeat_interleave(self.per_class)  # row k: class k
+        images = pl_module.conditional_sample(
+            targets, self.alpha, direction=self.direction, generator=gen, use_ema=self.use_ema, progress=True,
+            clip_denoised=self.clip_denoised,
+        )
+        path = save_grid(images, directory / "samples" / f"conditional_step_{trainer.global_step:07d}.png",
+                         nrow=self.per_class)
+        log_image(trainer, "samples/class_conditional", path, step=trainer.global_step)
+        self.last_path = path

@@ -85,8 +85,10 @@ def run_alpha_sweep(
     weights: str = "model",
     grids: Path | None = None,
     progress: bool = False,
+    clip_denoised: bool = False,
 ) -> list[dict]:
-    """One row per α (see :data:`COLUMNS`); the generator is re-seeded for every α (paired chains)."""
+    """One row per α (see :data:`COLUMNS`); the generator is re-seeded for every α (paired chains).
+    ``clip_denoised``: clamp x̂0 at every step (the reference sampler does not)."""
     hp = model.hparams
     if not alphas:
         raise ValueError("--alphas is empty")
@@ -105,7 +107,7 @@ def run_alpha_sweep(
         for c in classes:
             target = torch.tensor(c)
             x = generate(model, "joint", num_per_class, target, alpha=a, direction=direction, generator=generator,
-                         batch_size=batch_size, weights=weights, progress=progress)
+                         batch_size=batch_size, weights=weights, progress=progress, clip_denoised=clip_denoised)
             images.append(x)
             targets.append(torch.full((len(x),), c, dtype=torch.long, device=x.device))
         images, targets = torch.cat(images), torch.cat(targets)

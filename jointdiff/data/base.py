@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import lightning as L
 import torch
@@ -23,7 +23,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from jointdiff.data.semisupervised import UNLABELLED, hide_labels, select_labelled, validate_labelled_args
+from jointdiff.data.semisupervised import (
+    IMAGES_STREAM,
+    LABELLED_STREAM,
+    UNLABELLED,
+    hide_labels,
+    select_labelled,
+    validate_labelled_args,
+)
 
 # torchdata 0.11 calls torch.set_vital on every iterator, which torch ≥ 2.9 deprecates with a warning each epoch
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -169,6 +176,15 @@ class ImageDataModule(L.LightningDataModule):
     hold-out); every other training example stays in with label −1 (``UNLABELLED``). ``class_balanced`` draws
     the same number from every class; the default is a uniform draw, as the reference (which leaves it unseeded).
     Validation and test keep all their labels.
+
+    ``semi_supervised_mode`` says how the labelled images reach the classifier term:
+
+    - ``buffer`` (the reference, spec §7): one shuffled stream of all training images; the labelled ones of each
+      batch are collected until a full classifier batch is there (at 1% labels: about once per 100 steps).
+    - ``stream`` (the semi-supervised literature's standard): a second, labelled stream, its own shuffled loader
+      over the labelled subset (cycled), beside the stream of all images; every training batch is then
+      ``{"images": (x, y), "labelled": (x_l, y_l)}`` with a full labelled batch of ``batch_size`` every step
+      (Lightning's combined loaders, ``max_size_cycle``: an epoch is one pass over all images).
     """
 
     name: str = "dataset"
@@ -192,6 +208,7 @@ class ImageDataModule(L.LightningDataModule):
         labelled_per_class: int | None = None,
         labelled_seed: int = 0,
         class_balanced: bool = False,
+        semi_supervised_mode: Literal["buffer", "stream"] = "buffer",
     ):
         super().__init__()
         if batch_size < 1:
@@ -200,6 +217,11 @@ class ImageDataModule(L.LightningDataModule):
         validate_labelled_args(labelled_fraction, labelled_per_class)
         if class_balanced and labelled_fraction is None and labelled_per_class is None:
             raise ValueError("class_balanced selects which labels to keep: it needs labelled_fraction")
+        if semi_supervised_mode not in ("buffer", "stream"):
+            raise ValueError(f"semi_supervised_mode must be buffer|stream, got {semi_supervised_mode!r}")
+        if semi_supervised_mode == "stream" and labelled_fraction is None and labelled_per_class is None:
+            raise ValueError("semi_supervised_mode=stream adds a labelled stream to semi-supervised data: "
+                             "it needs labelled_fraction or labelled_per_class")
         self.root = root
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -211,6 +233,7 @@ class ImageDataModule(L.LightningDataModule):
         self.labelled_per_class = labelled_per_class
         self.labelled_seed = labelled_seed
         self.class_balanced = class_balanced
+        self.semi_supervised_mode = semi_supervised_mode
         self.labelled_indices: torch.Tensor | None = None  # into train_set, when semi-supervised
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -329,7 +352,7 @@ class ImageDataModule(L.LightningDataModule):
         return ImageTensorDataset(train.images, targets)
 
     # loaders ---------------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, train: bool, seed_offset: int = 0) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not provided this split")
         # (issue 4, evaluation owner) Under DDP, Lightning's injected DistributedSampler pads the ranks with repeated
@@ -349,7 +372,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             sampler=sampler,
-            generator=self._shuffle_generator(0) if train else None,
+            generator=self._shuffle_generator(seed_offset) if train else None,
             drop_last=train,  # the reference cycles shuffled batches with drop_last=True
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -357,7 +380,7 @@ class ImageDataModule(L.LightningDataModule):
             collate_fn=collate_batch,
         )
         if train:
-            loader.generator = self._shuffle_generator(1)  # see _shuffle_generator
+            loader.generator = self._shuffle_generator(seed_offset + 1)  # see _shuffle_generator
         return loader
 
     @staticmethod
@@ -370,8 +393,16 @@ class ImageDataModule(L.LightningDataModule):
         untouched."""
         return torch.Generator().manual_seed(torch.initial_seed() + offset)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        images = self._loader(self.train_set, train=True)
+        if self.semi_supervised_mode == "buffer":
+            return images
+        labelled = self.train_set.subset(self.labelled_indices)
+        if len(labelled) < self.batch_size:
+            raise ValueError(f"{len(labelled)} labelled training images cannot fill one labelled batch of "
+                             f"{self.batch_size} (drop_last); lower batch_size or keep more labels")
+        # its own generators (offsets 2, 3), so the labelled order neither depends on nor shifts the images' order
+        return {IMAGES_STREAM: images, LABELLED_STREAM: self._loader(labelled, train=True, seed_offset=2)}
 
     def val_dataloader(self):
         if self.val_set is None:

@@ -9,6 +9,17 @@ from __future__ import annotations
 import torch
 
 UNLABELLED = -1
+# the two streams of a training batch in ``semi_supervised_mode=stream`` (see ``ImageDataModule``)
+IMAGES_STREAM = "images"
+LABELLED_STREAM = "labelled"
+
+
+def split_train_batch(batch) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(images, labelled)`` of a training batch: ``labelled`` is the labelled stream's ``(x, y)`` in
+    ``semi_supervised_mode=stream`` (the batch is then a dict) and ``None`` otherwise."""
+    if isinstance(batch, dict):
+        return batch[IMAGES_STREAM], batch[LABELLED_STREAM]
+    return batch, None
 
 
 def validate_labelled_args(fraction: float | None, per_class: int | None) -> None:

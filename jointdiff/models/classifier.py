@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from jointdiff.data.semisupervised import labelled_mask
+from jointdiff.data.semisupervised import labelled_mask, split_train_batch
 from jointdiff.models.args import check_optimizer_args
 from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.ema import EMA
@@ -43,12 +43,16 @@ def accuracy_metric(num_classes: int, task: str) -> torchmetrics.Metric:
     return torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
 
 
-def check_datamodule_matches(module: L.LightningModule, keys: Sequence[str]) -> None:
-    """Reject a DataModule whose images or labels do not fit ``module``'s hyper-parameters, before any step."""
+def check_datamodule_matches(module: L.LightningModule, keys: Sequence[str], labelled_stream: bool = False) -> None:
+    """Reject a DataModule whose images or labels do not fit ``module``'s hyper-parameters, or whose batches carry a
+    labelled stream (``semi_supervised_mode=stream``) that the module cannot train on, before any step."""
     trainer = module._trainer
     dm = getattr(trainer, "datamodule", None) if trainer is not None else None
     if dm is None:
         return
+    if not labelled_stream and getattr(dm, "semi_supervised_mode", "buffer") == "stream":
+        raise ValueError(f"{type(module).__name__} does not train on a labelled stream: "
+                         "set data.semi_supervised_mode=buffer")
     for key in keys:
         if hasattr(dm, key) and getattr(dm, key) != module.hparams[key]:
             raise ValueError(
@@ -120,10 +124,14 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
         return self.ema.module if self.hparams.eval_weights == "ema" else self.network
 
     def setup(self, stage: str) -> None:
-        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"))
+        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"), labelled_stream=True)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        x0, y = batch  # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes, −1 = unlabelled
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes, −1 = unlabelled. With a labelled
+        # stream (semi_supervised_mode=stream) the classifier trains on its full labelled batches only.
+        (x0, y), stream = split_train_batch(batch)
+        if stream is not None:
+            x0, y = stream
         keep = labelled_mask(y)
         n_labelled = int(keep.sum())
         self.log("train/labelled_fraction", n_labelled / len(y))

@@ -17,7 +17,8 @@ import torchmetrics
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_mask
+from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_mask, split_train_batch
+from jointdiff.diffusion.conditional import joint_conditional_sample
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.schedules import BetaSchedule
@@ -31,6 +32,7 @@ from jointdiff.models.checkpoints import (
 )
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
+from jointdiff.nn.heads import pooled_features
 from jointdiff.nn.joint import JointNetwork
 from jointdiff.nn.unet import UNet
 
@@ -70,12 +72,22 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         compile: ``torch.compile`` the UNet encoder and decoder (raw and EMA) when the model is set up. Changes how,
             not what, is computed (tested against eager); costs compile time at the first steps.
         channels_last: keep the networks' weights (hence activations) in channels-last memory format.
+        share_encoder_pass: compute the noisy classifier term from the diffusion pass's own encoder outputs instead
+            of a second encoder pass over the same ``x_i`` (the reference runs two). Needs
+            ``noisy_classifier=replace|add``, ``noisy_timesteps=None`` and ``classifier_augmentation=off``, where the
+            two passes take the same input (ignored at λ = 0: nothing to share). Only the dropout masks differ (one
+            shared draw instead of two independent ones); with dropout 0 the loss and gradients are the plain
+            path's (``tests/test_shared_encoder_pass.py``). Saves one encoder forward and backward per step.
 
-    Semi-supervised batches (labels −1, spec §7): the diffusion loss uses every image; the labelled ones go through
+    Semi-supervised batches (labels −1, spec §7), ``semi_supervised_mode=buffer`` of the DataModule (the reference):
+    the diffusion loss uses every image; the labelled ones go through
     a buffer of capacity ``B`` (the batch size) so that ``L_cls`` is always computed on at least ``B`` labelled clean
     images (augmented, step 0; the noisy-classifier setting does not apply to them, as in the reference). On steps
     where the buffer is not yet full the head still runs on the batch with a zero loss, as the reference does, so
     its BatchNorm statistics follow the data and every parameter takes part in the graph (DDP).
+    With ``semi_supervised_mode=stream`` every step also brings a full batch of the labelled stream: the diffusion
+    loss uses the batch of all images, ``L_cls`` the labelled batch, as on fully labelled data (D4 applies, with its
+    own steps and noise; no buffer).
     """
 
     def __init__(
@@ -106,6 +118,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         init_from: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        share_encoder_pass: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -123,6 +136,14 @@ class JointDiffusion(RecordsClass, L.LightningModule):
                     f"noisy_timesteps must be a non-empty subset of 0..{diffusion_steps - 1}, got {bad or []}"
                 )
             self.register_buffer("noisy_steps", torch.tensor(list(noisy_timesteps)), persistent=False)
+        if share_encoder_pass and classifier_weight > 0 and (
+            noisy_classifier == "off" or noisy_timesteps is not None or classifier_augmentation != "off"
+        ):
+            raise ValueError(
+                "share_encoder_pass needs the classifier to see the diffusion's own x_i: set "
+                "noisy_classifier=replace|add, noisy_timesteps=null and classifier_augmentation=off (got "
+                f"{noisy_classifier!r}, {noisy_timesteps}, {classifier_augmentation!r}), or share_encoder_pass=false"
+            )
         self.has_head = classifier_weight > 0
         unet = UNet(
             image_size, channels, model_channels, channel_mult, num_res_blocks, attention_downsample,
@@ -171,7 +192,8 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         targets = getattr(getattr(dm, "train_set", None), "targets", None)
         if isinstance(targets, torch.Tensor):  # fully labelled data: no per-step check (it would sync the device)
             self._may_have_unlabelled = bool((targets == UNLABELLED).any())
-            if self._may_have_unlabelled and self.has_head and hp.noisy_classifier != "off":
+            buffered = getattr(dm, "semi_supervised_mode", "buffer") == "buffer"
+            if self._may_have_unlabelled and buffered and self.has_head and hp.noisy_classifier != "off":
                 rank_zero_warn("semi-supervised data: the buffered classifier term uses clean images at step 0, "
                                f"noisy_classifier={hp.noisy_classifier!r} applies only to fully labelled batches")
 
@@ -216,24 +238,34 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             return x_n, t_n, y
         return torch.cat([x0, x_n]), torch.cat([zeros, t_n]), torch.cat([y, y])
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x0, y = batch  # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes, −1 = unlabelled.
+        # stream: the labelled stream's full batch (semi_supervised_mode=stream), else None
+        (x0, y), stream = split_train_batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        loss_diff = eps_loss(self.network(x_t, t), noise)
+        classifier_term = self.has_head and not self.hparams.skip_classifier_loss
+        labelled = labelled_mask(y) if classifier_term and self._may_have_unlabelled and stream is None else None
+        fully_labelled = stream is None and (labelled is None or bool(labelled.all()))
+        z_t = None  # pooled encoder features of x_t, when the classifier term reuses the diffusion pass
+        if classifier_term and fully_labelled and self.hparams.share_encoder_pass:
+            eps, z_t = self.network.denoise_with_features(x_t, t)
+        else:
+            eps = self.network(x_t, t)
+        loss_diff = eps_loss(eps, noise)
         loss = loss_diff
         self.log("train/diffusion_loss", loss_diff, prog_bar=True)
-        if self.has_head and not self.hparams.skip_classifier_loss:
-            labelled = labelled_mask(y) if self._may_have_unlabelled else None
-            if labelled is None or bool(labelled.all()):
-                x_c, t_c, y_c = self.classifier_batch(x0, x_t, t, noise, y)
-                logits = self.network.classify(self.augment(x_c), t_c)
-                if self.hparams.noisy_classifier == "add":  # CE(x0) + CE(x_i): sum of the two halves' means
-                    loss_cls = 2 * self.classification_loss(logits, y_c)
-                else:
-                    loss_cls = self.classification_loss(logits, y_c)
+        if classifier_term:
+            if fully_labelled:
+                loss_cls = self.labelled_classifier_loss(x0, x_t, t, noise, y, z_t)
                 released = True
+            elif stream is not None:  # the labelled stream: a full batch, the fully labelled term under D4
+                x_l, y_l = stream
+                t_l = self.diffusion.sample_timesteps(x_l.shape[0], x_l.device)
+                noise_l = torch.randn_like(x_l)
+                x_t_l = self.diffusion.q_sample(x_l, t_l, noise_l)
+                loss_cls, released = self.labelled_classifier_loss(x_l, x_t_l, t_l, noise_l, y_l), True
             else:
                 loss_cls, released = self.buffered_classifier_loss(x0, y, labelled)
             loss = loss + self.hparams.classifier_weight * loss_cls
@@ -243,6 +275,23 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             self.log("train/classifier_batches", float(self.classifier_batches))
         self.log("train/loss", loss)
         return loss
+
+    def labelled_classifier_loss(self, x0, x_t, t, noise, y, z_t: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_cls`` of a fully labelled batch under decision D4. ``z_t``: the pooled features of ``(x_t, t)`` from
+        the diffusion pass (``share_encoder_pass``), which stand in for a second encoder pass over ``x_t``."""
+        if z_t is None:
+            x_c, t_c, y_c = self.classifier_batch(x0, x_t, t, noise, y)
+            logits = self.network.classify(self.augment(x_c), t_c)
+        elif self.hparams.noisy_classifier == "replace":
+            logits, y_c = self.network.classify_pooled(z_t, t), y
+        else:  # add: the clean half needs its own encoder pass; one head call over both halves, as the plain path
+            zeros = torch.zeros_like(t)
+            middle, skips = self.network.unet.encode(x0, zeros)
+            z = torch.cat([pooled_features(middle, skips), z_t])
+            logits, y_c = self.network.classify_pooled(z, torch.cat([zeros, t])), torch.cat([y, y])
+        if self.hparams.noisy_classifier == "add":  # CE(x0) + CE(x_i): sum of the two halves' means
+            return 2 * self.classification_loss(logits, y_c)
+        return self.classification_loss(logits, y_c)
 
     def buffered_classifier_loss(self, x0, y, labelled) -> tuple[torch.Tensor, bool]:
         """Spec §7 on a partly labelled batch: ``(L_cls, True)`` once the buffer and this batch's labelled images
@@ -327,6 +376,27 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         shape = (num, hp.channels, hp.image_size, hp.image_size)
         x = ddpm_sample(net, self.diffusion, shape, device=self.device, generator=generator, progress=progress,
                         clip_denoised=clip_denoised)
+        net.train(was_training)
+        return x
+
+    @torch.no_grad()
+    def conditional_sample(
+        self, targets: torch.Tensor, alpha: float, direction: int = 1, generator: torch.Generator | None = None,
+        use_ema: bool = True, progress: bool = False, clip_denoised: bool = False,
+    ) -> torch.Tensor:
+        """Samples of ``targets`` ((B,) class ids or (B, n) attribute rows) with the joint sampler (Algorithm 1,
+        all T steps), (B, c, H, W) floats."""
+        if not self.has_head:
+            raise ValueError("conditional sampling needs a head: this model was trained with classifier_weight=0")
+        net = self.ema.module if use_ema else self.network
+        was_training = net.training
+        net.eval()
+        hp = self.hparams
+        shape = (len(targets), hp.channels, hp.image_size, hp.image_size)
+        x = joint_conditional_sample(
+            net, self.diffusion, shape, targets, alpha, direction=direction, task=hp.task, device=self.device,
+            generator=generator, clip_denoised=clip_denoised, progress=progress,
+        )
         net.train(was_training)
         return x
 

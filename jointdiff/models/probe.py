@@ -25,7 +25,7 @@ import torchmetrics
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
-from jointdiff.data.semisupervised import labelled_mask
+from jointdiff.data.semisupervised import labelled_mask, split_train_batch
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.models.args import check_optimizer_args
 from jointdiff.models.checkpoints import RecordsClass, load_model
@@ -177,10 +177,12 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
 
     # training -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"))
+        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"), labelled_stream=True)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        x0, y = batch
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        (x0, y), stream = split_train_batch(batch)
+        if stream is not None:  # semi_supervised_mode=stream: the probe trains on the full labelled batches only
+            x0, y = stream
         keep = labelled_mask(y)
         if int(keep.sum()) < 2:
             return None  # no update: the head's BatchNorm needs two examples

@@ -24,11 +24,21 @@ class JointNetwork(nn.Module):
         """Predicted noise ε̂(x_t, t)."""
         return self.unet(x, t)
 
-    def classify_features(self, middle: torch.Tensor, skips: list[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-        """Logits ``g([z(m, e), t])`` from encoder outputs (the conditional sampler differentiates through this)."""
+    def denoise_with_features(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One UNet pass → (ε̂(x_t, t), pooled encoder features z (B, F)): the diffusion output and the head's
+        input from the same encoder pass (used when the classifier term's input is the diffusion's own x_t)."""
+        middle, skips = self.unet.encode(x, t)
+        return self.unet.decode(middle, skips, t), pooled_features(middle, skips)
+
+    def classify_pooled(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Logits ``g([z, t])`` from pooled features z: (B, F)."""
         if self.head is None:
             raise RuntimeError("this network has no classifier head (classifier_weight=0)")
-        return self.head(pooled_features(middle, skips), t)
+        return self.head(z, t)
+
+    def classify_features(self, middle: torch.Tensor, skips: list[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        """Logits ``g([z(m, e), t])`` from encoder outputs (the conditional sampler differentiates through this)."""
+        return self.classify_pooled(pooled_features(middle, skips), t)
 
     def classify(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits of the head on an encoder-only pass (a separate pass from the diffusion one, as the reference)."""
