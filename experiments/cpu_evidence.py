@@ -71,8 +71,8 @@ def save(path: Path, data: dict) -> None:
     atomic_write_json(data, path)
 
 
-def test_accuracy(checkpoint: Path) -> dict[str, float]:
-    """EMA and raw test accuracy of a checkpoint on the full Fashion-MNIST test split (public API)."""
+def accuracy_on_test_split(checkpoint: Path, datamodule=None) -> dict[str, float]:
+    """EMA and raw accuracy of a checkpoint on a DataModule's full test split (default: Fashion-MNIST), public API."""
     import lightning as L
 
     from jointdiff.data import FashionMNISTDataModule
@@ -80,7 +80,8 @@ def test_accuracy(checkpoint: Path) -> dict[str, float]:
 
     model = load_model(checkpoint)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    out = trainer.test(model, datamodule=FashionMNISTDataModule(eval_batch_size=500), verbose=False)[0]
+    data = datamodule or FashionMNISTDataModule(eval_batch_size=500)
+    out = trainer.test(model, datamodule=data, verbose=False)[0]
     return {k.removeprefix("test/"): float(out[k]) for k in ("test/acc_ema", "test/acc_raw")}
 
 
@@ -106,7 +107,7 @@ def semi(seeds: list[int]) -> None:
                 if missing:
                     raise RuntimeError(f"{name}: no checkpoint at steps {missing} under {RUNS / 'semi' / log_name}")
                 save(out, {"model": model, "budget": budget, "seed": seed,
-                           "test": {str(s): test_accuracy(by_step[s]) for s in SEMI_STEPS}})
+                           "test": {str(s): accuracy_on_test_split(by_step[s]) for s in SEMI_STEPS}})
 
 
 def semi_table() -> str:
@@ -147,17 +148,11 @@ def da(seeds: list[int]) -> None:
 
 
 def source_test_accuracy(checkpoint: Path, source: str, target: str) -> dict[str, float]:
-    """EMA and raw accuracy of stage 1 on the *source* test split, at the pair's shapes (the ≥ 0.90 bar)."""
-    import lightning as L
-
+    """Accuracy of stage 1 on the *source* test split, at the pair's shapes (the ≥ 0.90 bar)."""
     from jointdiff.data.domain_adaptation import domain_adaptation_pair
-    from jointdiff.models.checkpoints import load_model
 
-    model = load_model(checkpoint)
     source_data, _ = domain_adaptation_pair(source, target, eval_batch_size=500)
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    out = trainer.test(model, datamodule=source_data, verbose=False)[0]
-    return {k.removeprefix("test/"): float(out[k]) for k in ("test/acc_ema", "test/acc_raw")}
+    return accuracy_on_test_split(checkpoint, source_data)
 
 
 def da_table() -> str:
