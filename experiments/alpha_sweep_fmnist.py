@@ -12,7 +12,7 @@ are not available offline), so they are comparable only within this run.
 
 Every α starts from the same noise (same seed), so α=0 is exactly unconditional sampling of the same chains.
 ``--flip_alphas`` adds rows at those α with direction −1 (D11: the spec expects flipping the reference's sign
-to lower the hit rate). Writes the table/plot of :mod:`jointdiff.commands.alpha_sweep` plus ``judge.json``.
+to lower the hit rate). Writes the table/plot of :mod:`jointdiff.sampling.alpha_sweep` plus ``judge.json``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jointdiff.commands.alpha_sweep import run_alpha_sweep, write_sweep
-from jointdiff.commands.sample import load_diffusion_model
 from jointdiff.data import FashionMNISTDataModule
+from jointdiff.sampling.alpha_sweep import run_alpha_sweep, write_sweep
+from jointdiff.sampling.loading import load_diffusion_model
 
 
 class LeNet5(nn.Module):
@@ -135,6 +135,11 @@ def main() -> None:
     parser.add_argument("--refit_head_steps", type=int, default=0,
                         help="control: first re-train only the head on frozen noisy features for this many steps")
     parser.add_argument("--refit_head_lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="run the joint sampler as η-DDIM on this many respaced steps (default: all T, ancestral)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM η of the respaced sampler")
+    parser.add_argument("--respaced_alpha", choices=["same", "stride"], default="same",
+                        help="α per respaced step: as on the full grid (same) or times the steps it covers (stride)")
     parser.add_argument("--clip_denoised", action="store_true",
                         help="clamp x̂0 at every step (as the main job's grids); the reference sampler does not")
     args = parser.parse_args()
@@ -168,7 +173,8 @@ def main() -> None:
     print("joint head accuracy on noised test images, by step: " + ", ".join(f"{k}: {v:.3f}" for k, v in
                                                                                head_acc.items()), flush=True)
     common = dict(judge=judge_logits, features=judge_features, real_features=real_features, seed=args.seed,
-                  batch_size=args.batch_size, grids=out / "grids", progress=False, clip_denoised=args.clip_denoised)
+                  batch_size=args.batch_size, grids=out / "grids", progress=False, clip_denoised=args.clip_denoised,
+                  steps=args.steps, eta=args.eta, respaced_alpha=args.respaced_alpha)
     rows = run_alpha_sweep(model, args.alphas, classes, args.num_per_class, **common)
     for r in rows:
         r["direction"] = 1
@@ -181,7 +187,9 @@ def main() -> None:
     meta = {"checkpoint": args.checkpoint, "judge": "LeNet-5 trained in this script", "judge_test_accuracy": judge_acc,
             "judge_epochs": args.judge_epochs, "features": "LeNet-5 fc2 (84-d, pre-ReLU) of uint8-quantised images",
             "num_real": len(real_features), "head_accuracy_by_step": head_acc, "num_per_class": args.num_per_class,
-            "seed": args.seed, "clip_denoised": args.clip_denoised, "head_refit": None if refit is None else {
+            "seed": args.seed, "clip_denoised": args.clip_denoised, "steps": args.steps or model.diffusion.num_steps,
+            "eta": args.eta if args.steps else None, "respaced_alpha": args.respaced_alpha if args.steps else None,
+            "seeding": "per sample: (seed, index)", "head_refit": None if refit is None else {
                 "steps": args.refit_head_steps, "lr": args.refit_head_lr, "loss_per_50_steps": refit,
                 "note": "control: head re-trained on frozen noisy encoder features; not the paper's model"},
             "diffusion_steps": model.diffusion.num_steps, "hparams": dict(model.hparams)}

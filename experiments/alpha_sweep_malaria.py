@@ -27,10 +27,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from alpha_sweep_fmnist import as_saved, noisy_head_accuracy, refit_head, train_judge  # noqa: E402
 
-from jointdiff.commands.counterfactual import save_figure  # noqa: E402
-from jointdiff.commands.sample import load_diffusion_model  # noqa: E402
 from jointdiff.data import MalariaDataModule  # noqa: E402
 from jointdiff.diffusion.conditional import counterfactual  # noqa: E402
+from jointdiff.sampling.counterfactual import save_figure  # noqa: E402
+from jointdiff.sampling.loading import load_diffusion_model  # noqa: E402
 
 CLASSES = ("Uninfected", "Parasitized")
 

@@ -1,5 +1,8 @@
-"""Cost of one reverse step and of 10k samples: ancestral DDPM, DDIM, joint conditional (spec §5.1) and
-classifier guidance (§5.3).
+"""Cost of one reverse step and of 10k samples: ancestral DDPM, DDIM, joint conditional (spec §5.1) on all T steps
+and on a respaced grid (η-DDIM, issue 15), and classifier guidance (§5.3); every step is one step of the engine
+(``jointdiff.diffusion.engine.reverse_process``) as the samplers run it. ``--phases`` also splits the joint step
+into its parts (encoder pass with a graph, head, backward to the features, decoder pass) against the unconditional
+step's encoder and decoder passes, to show where its extra cost lies.
 
     python experiments/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
     python experiments/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
@@ -11,8 +14,9 @@ joint.yaml's UNet (C=64, 3 ResBlocks, attention at full resolution) and noise_cl
 Weights are random (cost does not depend on them). The three steps are timed interleaved, round after round, so
 that load from other processes hits them alike; the table gives the median and the ratio to the unconditional
 step measured in the same run. "per 10k samples" is the median step time × the number of reverse steps a
-sample needs (T = 500 for DDPM, joint conditional sampling (D22: full T only) and guidance; ``--ddim_steps`` for
-DDIM) × ⌈10000 / batch⌉ batches, an extrapolation at this batch size.
+sample needs (T = 500 for DDPM, joint conditional sampling and guidance; ``--ddim_steps`` for DDIM and the respaced
+joint sampler) × ⌈10000 / batch⌉ batches, an extrapolation at this batch size. ``demo``: the main job's network
+(configs/fashion_mnist/quick.yaml since issue 13: C=16, GroupNorm 16).
 """
 
 from __future__ import annotations
@@ -24,14 +28,18 @@ import time
 
 import torch
 
-from jointdiff.diffusion.conditional import steered_features
-from jointdiff.diffusion.ddim import ddim_sample
+from jointdiff.diffusion.conditional import ClassSteering
+from jointdiff.diffusion.engine import reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
-from jointdiff.diffusion.guidance import guidance_gradient
+from jointdiff.diffusion.guidance import guidance_shift
+from jointdiff.diffusion.targets import target_loss
 from jointdiff.models.joint import JointDiffusion
 from jointdiff.models.noise_aware import NoiseAwareClassifier
 
 SIZES = {
+    "demo": (dict(model_channels=16, norm_groups=16, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
+             dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[],
+                  head_channels=32)),
     "quick": (dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
               dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[],
                    head_channels=32)),
@@ -48,7 +56,9 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="network sizes (see above)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--ddim_steps", type=int, default=50, help="respaced DDIM steps per sample (per-10k column)")
+    parser.add_argument("--ddim_steps", type=int, default=50,
+                        help="respaced steps per sample of DDIM and the respaced joint sampler (per-10k column)")
+    parser.add_argument("--phases", action="store_true", help="also time the parts of the joint step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,29 +79,34 @@ def main() -> None:
     t = torch.full((b,), 250, device=device, dtype=torch.long)
     noise = torch.randn_like(x)
 
-    def unconditional():
-        with torch.no_grad():
-            return diffusion.p_sample_step(x, t, net(x, t), noise)
+    engine = dict(noise=lambda shape, device, dtype: noise)  # the same ξ every time: no RNG in the timing
 
-    def ddim():
-        return ddim_sample(net, diffusion, x, torch.tensor([250]))  # one deterministic DDIM step from i = 250
+    def unconditional():  # one ancestral step of the engine from i = 250
+        return _one_step(net, diffusion, x, "ddpm", engine)
+
+    def ddim():  # one deterministic DDIM step from i = 250 (to the next entry of a 50-step grid)
+        return _one_step(net, diffusion, x, "ddim", engine)
+
+    steer = ClassSteering(net, y, [200.0] * diffusion.num_steps)
 
     def conditional():
-        middle, skips, _ = steered_features(net, x, t, y, 200.0)
-        with torch.no_grad():
-            return diffusion.p_sample_step(x, t, net.unet.decode(middle, skips, t), noise)
+        return _one_step(net, diffusion, x, "ddpm", engine, steer=steer)
+
+    def conditional_respaced():
+        return _one_step(net, diffusion, x, "ddim", engine, steer=steer)
+
+    shift = guidance_shift(logits_fn, diffusion, y, 1.0, "multiclass")
 
     def guided():
-        with torch.no_grad():
-            mean = diffusion.p_mean(x, t, net(x, t), clip_denoised=True)
-        var = diffusion.sampling_variance[t].reshape(-1, 1, 1, 1)
-        return mean + var * guidance_gradient(logits_fn, x, t, y, "multiclass") + var.sqrt() * noise
+        return _one_step(net, diffusion, x, "ddpm", engine, mean_shift=shift, clip_denoised=True)
 
     steps = {"unconditional": unconditional, "ddim": ddim, "joint conditional": conditional,
-             "classifier guidance": guided}
+             "joint respaced": conditional_respaced, "classifier guidance": guided}
     T = diffusion.num_steps
     steps_per_sample = {"unconditional": T, "ddim": args.ddim_steps, "joint conditional": T,
-                        "classifier guidance": T}
+                        "joint respaced": args.ddim_steps, "classifier guidance": T}
+    if args.phases:
+        steps.update(_phases(net, x, t, y))
     times = {k: [] for k in steps}
     for r in range(args.warmup + args.rounds):
         for name, fn in steps.items():
@@ -114,8 +129,56 @@ def main() -> None:
           f"{'h / 10k samples':>17}")
     for name, ts in times.items():
         med = statistics.median(ts)
+        if name not in steps_per_sample:  # a phase of the joint step
+            print(f"  {name:<20}{med:>15.4f}{min(ts):>13.4f}{med / base:>18.2f}")
+            continue
         per_10k = med * steps_per_sample[name] * batches / 3600
         print(f"{name:<22}{med:>15.4f}{min(ts):>13.4f}{med / base:>18.2f}{steps_per_sample[name]:>7}{per_10k:>17.2f}")
+
+
+def _one_step(net, diffusion, x, update, engine, **hooks):
+    """The first (highest-noise) step of ``reverse_process`` from i = 250: ancestral to 249 (the ddpm update needs
+    the contiguous grid 0…250), or DDIM to 240 (a grid of stride 10, i.e. 50 of T = 500 steps); ``on_step`` stops
+    the loop after it."""
+    grid = list(range(251)) if update == "ddpm" else [240, 250]
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        raise Stop
+
+    try:
+        reverse_process(net, diffusion, x, grid, update=update, on_step=stop, **engine, **hooks)
+    except Stop:
+        pass
+
+
+def _phases(net, x, t, y):
+    """The parts of a joint step, each timed on its own (the encoder pass that records a graph is re-run for the
+    backward phase, whose time is reported net of it)."""
+    def encode_graph():
+        with torch.enable_grad():
+            return net.encode(x.detach().requires_grad_(True), t)
+
+    def encode_plain():
+        with torch.no_grad():
+            return net.encode(x, t)
+
+    features = encode_plain()
+
+    def decode():
+        with torch.no_grad():
+            return net.decode(features, t)
+
+    def head_and_backward():
+        with torch.enable_grad():
+            middle, skips = net.encode(x.detach().requires_grad_(True), t)
+            logits = net.classify_features(middle, skips, t)
+            torch.autograd.grad(target_loss(logits, y, "multiclass"), [middle, *skips])
+
+    return {"encoder (no graph)": encode_plain, "encoder (graph)": encode_graph, "decoder": decode,
+            "enc+head+backward": head_and_backward}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the domain-adaptation table and the α sweep with an independent judge, each as 
 ``docs/results.md`` and, for the α sweep, a plot in ``docs/figures/``.
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts semi,da,alpha
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts respaced   # docs/sampling.md
 
 Every run is a ``jointdiff fit`` of a config under ``configs/evidence/`` (or the domain-adaptation and α-sweep
 scripts); a finished run leaves ``runs/evidence/<part>/results/<run>.json`` and is skipped the next time, so the
@@ -13,15 +14,18 @@ from the results present. The design of each experiment is fixed in its config a
   100 per class (1,000); seeds 0, 1, 2 (the seed of the run and of the label draw). Joint model
   (``semi_joint.yaml``), stand-alone classifier with the same encoder and head (``semi_classifier.yaml``), and the
   head on a frozen DDPM (``semi_probe.yaml`` on ``semi_ddpm.yaml``), all on the labelled stream (a full labelled
-  batch every step), 2000 steps, test accuracy of the EMA weights on the full 10k test split at steps 500, 1000,
-  1500 and 2000 (checkpoints; nothing is selected).
+  batch every step), 1000 steps (cut from 2000 before any run, so that the three parts fit one working session on
+  2 cores), test accuracy of the EMA weights on the full 10k test split at steps 250, 500, 750 and 1000
+  (checkpoints; nothing is selected).
 - **da**: USPS→MNIST and MNIST→USPS, seeds 0 and 1, stage 1 and stage 2 of ``experiments/domain_adaptation.py``
   with ``configs/evidence/da.yaml``; target test accuracy before and after, raw and EMA, and the source test
-  accuracy of stage 1.
+  accuracy of stage 1; beside it the source-only stand-alone classifier (``da_classifier.yaml``, same steps).
 - **alpha**: ``experiments/alpha_sweep_fmnist.py`` on the main job's checkpoint (``--checkpoint``), α in
   {0, 50, 100, 200, 500, 1000} with direction +1 and {200, 1000} with −1, 20 samples per class, x̂0 clamped as in
   the main job's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
   Fréchet distance in its features against 2,000 test images.
+- **respaced** (issue 15, ``docs/sampling.md``): the joint sampler as η = 0 DDIM on 50 and 100 respaced steps of
+  the same checkpoint, α in {0, 50, 100, 200}, both α rules (``same``, ``stride``), otherwise as **alpha**.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ SEMI_BUDGETS = {
     "100/class": ["--data.init_args.labelled_fraction", "null", "--data.init_args.labelled_per_class", "100"],
 }
 SEMI_MODELS = ("joint", "classifier", "probe")
-SEMI_STEPS = (500, 1000, 1500, 2000)
+SEMI_STEPS = (250, 500, 750, 1000)
 DA_PAIRS = {"USPS→MNIST": ("usps", "mnist"), "MNIST→USPS": ("mnist", "usps")}
 ALPHAS, FLIPPED_ALPHAS = (0, 50, 100, 200, 500, 1000), (200, 1000)
 
@@ -86,11 +90,12 @@ def accuracy_on_test_split(checkpoint: Path, datamodule=None) -> dict[str, float
 
 
 # semi-supervised ---------------------------------------------------------------------------------------------------
-def semi(seeds: list[int]) -> None:
+def semi(seeds: list[int], budgets: list[str]) -> None:
     ddpm = RUNS / "semi" / "ddpm" / "checkpoints" / "last.ckpt"
     if not ddpm.is_file():
         run([*JOINTDIFF, "fit", "-c", "configs/evidence/semi_ddpm.yaml"])
-    for budget, budget_args in SEMI_BUDGETS.items():
+    for budget in budgets:
+        budget_args = SEMI_BUDGETS[budget]
         for seed in seeds:
             for model in SEMI_MODELS:
                 name = f"{model}_{budget}_s{seed}"
@@ -144,7 +149,22 @@ def da(seeds: list[int]) -> None:
             summary = json.loads((folder / "domain_adaptation.json").read_text())
             stage1 = Path(summary["stage1"]["checkpoint"])
             source_acc = source_test_accuracy(stage1, source, target)
-            save(out, {"pair": pair, "seed": seed, "source_test": source_acc, **summary})
+            baseline = source_only_classifier(folder, source, target, extra)
+            save(out, {"pair": pair, "seed": seed, "source_test": source_acc, "source_only_classifier": baseline,
+                       **summary})
+
+
+def source_only_classifier(folder: Path, source: str, target: str, extra: list[str]) -> dict:
+    """The stand-alone classifier of ``da_classifier.yaml`` on the same source, seed and steps: source and target
+    test accuracy (its target accuracy is the baseline the adapted joint model is compared with)."""
+    from jointdiff.data import DomainAdaptationDataModule
+
+    run([*JOINTDIFF, "fit", "-c", "configs/evidence/da_classifier.yaml", *extra,
+         "--trainer.logger.init_args.save_dir", str(folder), "--trainer.default_root_dir", str(folder / "classifier")])
+    ckpt = max((folder / "classifier").glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    target_data = DomainAdaptationDataModule(source=source, target=target, stage="source", eval_batch_size=500)
+    return {"checkpoint": str(ckpt), "source_test": source_test_accuracy(ckpt, source, target),
+            "target_test": accuracy_on_test_split(ckpt, target_data)}
 
 
 def source_test_accuracy(checkpoint: Path, source: str, target: str) -> dict[str, float]:
@@ -156,14 +176,16 @@ def source_test_accuracy(checkpoint: Path, source: str, target: str) -> dict[str
 
 
 def da_table() -> str:
-    rows = ["| pair | seed | source test (EMA) | target before, EMA / raw | target after, EMA / raw |",
-            "|---|---:|---:|---:|---:|"]
+    rows = ["| pair | seed | joint: source test (EMA) | joint: target before, EMA / raw | "
+            "joint: target after, EMA / raw | classifier: source test (EMA) | classifier: target, EMA / raw |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for path in sorted((RUNS / "da" / "results").glob("*.json")):
         r = json.loads(path.read_text())
-        b, a = r["target_test_before"], r["target_test_after"]
+        b, a, c = r["target_test_before"], r["target_test_after"], r["source_only_classifier"]
         rows.append(f"| {r['pair']} | {r['seed']} | {r['source_test']['acc_ema']:.4f} | "
                     f"{b['test/acc_ema']:.4f} / {b['test/acc_raw']:.4f} | {a['test/acc_ema']:.4f} / "
-                    f"{a['test/acc_raw']:.4f} |")
+                    f"{a['test/acc_raw']:.4f} | {c['source_test']['acc_ema']:.4f} | "
+                    f"{c['target_test']['acc_ema']:.4f} / {c['target_test']['acc_raw']:.4f} |")
     return "\n".join(rows)
 
 
@@ -199,24 +221,69 @@ def alpha_table() -> str:
                               f"The model's own head on noised test images, by step: {head}.")
 
 
+# respaced joint sampling (issue 15) ---------------------------------------------------------------------------------
+RESPACED_STEPS, RESPACED_ALPHAS, RESPACED_RULES = (50, 100), (0, 50, 100, 200), ("same", "stride")
+SAMPLING_MD = REPO / "docs" / "sampling.md"
+
+
+def respaced(checkpoint: str) -> None:
+    """The joint sampler as η=0 DDIM on 50 and 100 of the T steps, both α rules, on the main job's model; the
+    same judge, sample count and clamping as the α sweep (its α ≤ 200 rows are the full-T reference)."""
+    for steps in RESPACED_STEPS:
+        for rule in RESPACED_RULES:
+            name = f"{steps}_{rule}"
+            out = results_path("respaced", name)
+            if out.is_file():
+                continue
+            folder = RUNS / "respaced" / name
+            alphas = [a for a in RESPACED_ALPHAS if rule == "same" or a > 0]  # α = 0 is the same for both rules
+            run([sys.executable, str(REPO / "experiments" / "alpha_sweep_fmnist.py"), "--checkpoint", checkpoint,
+                 "--output", str(folder), "--alphas", *map(str, alphas), "--num_per_class", "20", "--clip_denoised",
+                 "--steps", str(steps), "--respaced_alpha", rule])
+            save(out, json.loads((folder / "alpha_sweep_all.json").read_text()))
+
+
+def respaced_table() -> str:
+    found = sorted((RUNS / "respaced" / "results").glob("*.json")) if (RUNS / "respaced").is_dir() else []
+    if not found:
+        return ""
+    rows = ["| steps | α rule | α | judge hit rate | own-head hit rate | FD (judge features) | precision | recall "
+            "| seconds |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for path in found:
+        data = json.loads(path.read_text())
+        for r in data["rows"]:
+            rows.append(f"| {data['steps']} | {data['respaced_alpha']} | {r['alpha']:g} | {r['judge_hit_rate']:.3f} | "
+                        f"{r['own_head_hit_rate']:.3f} | {r['fid']:.1f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                        f"{r['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 # docs -------------------------------------------------------------------------------------------------------------
 def render() -> None:
-    """Replace each ``<!-- evidence:<part> -->`` … ``<!-- /evidence:<part> -->`` block of docs/results.md."""
-    text = RESULTS_MD.read_text()
-    for part, table in (("semi", semi_table()), ("da", da_table()), ("alpha", alpha_table())):
-        begin, end = f"<!-- evidence:{part} -->", f"<!-- /evidence:{part} -->"
-        if begin not in text or end not in text:
+    """Replace each ``<!-- evidence:<part> -->`` … ``<!-- /evidence:<part> -->`` block of docs/results.md (and,
+    for the respaced sampler, of docs/sampling.md)."""
+    tables = {RESULTS_MD: (("semi", semi_table()), ("da", da_table()), ("alpha", alpha_table())),
+              SAMPLING_MD: (("respaced", respaced_table()),)}
+    for path, parts in tables.items():
+        if not path.is_file():
             continue
-        head, rest = text.split(begin, 1)
-        text = head + begin + "\n" + (table or "(not run yet)") + "\n" + end + rest.split(end, 1)[1]
-    RESULTS_MD.write_text(text)
-    print(f"tables written to {RESULTS_MD}")
+        text = path.read_text()
+        for part, table in parts:
+            begin, end = f"<!-- evidence:{part} -->", f"<!-- /evidence:{part} -->"
+            if begin not in text or end not in text:
+                continue
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + (table or "(not run yet)") + "\n" + end + rest.split(end, 1)[1]
+        path.write_text(text)
+        print(f"tables written to {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="semi,da,alpha")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (semi), 0 1 (da)")
+    parser.add_argument("--budgets", nargs="+", default=list(SEMI_BUDGETS), choices=list(SEMI_BUDGETS),
+                        help="label budgets of the semi part (two processes can share the work)")
     parser.add_argument("--checkpoint", default="runs/fashion_mnist/quick/version_0/checkpoints/last.ckpt",
                         help="the main job's checkpoint (alpha)")
     parser.add_argument("--render", action="store_true", help="only rewrite the tables from finished runs")
@@ -225,11 +292,13 @@ def main() -> None:
     parts = args.parts.split(",")
     if not args.render:
         if "semi" in parts:
-            semi(args.seeds or [0, 1, 2])
+            semi(args.seeds or [0, 1, 2], args.budgets)
         if "da" in parts:
             da(args.seeds or [0, 1])
         if "alpha" in parts:
             alpha(args.checkpoint)
+        if "respaced" in parts:
+            respaced(args.checkpoint)
     render()
 
 

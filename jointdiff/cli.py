@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "jointdiff.commands.sweep:main",
     "paper": "jointdiff.commands.paper:main",
     "report": "jointdiff.commands.report:main",
+    "score": "jointdiff.commands.score:main",
 }
 
 

@@ -83,3 +83,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
 
 def atomic_write_json(data: dict, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=True), mode="w")
+
+
+CACHE_ENV = "JOINTDIFF_CACHE"
+
+
+def cache_dir() -> Path:
+    """Writable cache (decompressed files, split files, real features): ``$JOINTDIFF_CACHE`` or
+    ``~/.cache/jointdiff``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "jointdiff")

@@ -257,7 +257,7 @@ def test_presets_compose_on_paper_and_foreign_configs(monkeypatch):
 def test_paper_command_checks_runs_and_names_missing_inputs(tmp_path):
     """`jointdiff paper --check` builds each selected run (the probe pulls in its DDPM) and, when a run's input
     checkpoint does not exist yet, says which run must be trained first instead of failing."""
-    from jointdiff.commands.paper import paper as paper_command
+    from jointdiff.workflow.reproduce import paper as paper_command
 
     lines = paper_command(only=["fashion_mnist/classifier", "fashion_mnist/probe"], quick=True, check=True,
                           root=str(tmp_path))

@@ -10,12 +10,12 @@ from test_sampling_cli import write_checkpoint  # tests/ is on sys.path (rootdir
 from torchvision.io import write_png
 
 from jointdiff.cli import main as cli_main
-from jointdiff.commands.counterfactual import run_counterfactual
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.diffusion import GaussianDiffusion
 from jointdiff.diffusion.conditional import counterfactual, joint_conditional_denoise, noise_steps
 from jointdiff.nn.joint import JointNetwork
 from jointdiff.nn.unet import UNet
+from jointdiff.sampling.counterfactual import run_counterfactual
 
 
 def tiny_joint() -> JointNetwork:

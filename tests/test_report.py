@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointdiff.commands.report import build_report
 from jointdiff.data.fixtures import write_idx
 from jointdiff.workflow import paper_numbers as P
+from jointdiff.workflow.report import build_report
 from jointdiff.workflow.results import collect_runs, pick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_the_longest_trained_run_fills_a_cell(tmp_path):
 
 
 def test_missing_roots_are_named():
-    from jointdiff.commands.report import report
+    from jointdiff.workflow.report import report
 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         report(["nowhere"], quiet=True)

@@ -10,13 +10,14 @@ import pytest
 import torch
 from test_sampling_cli import write_checkpoint  # tests/ is on sys.path (rootdir conftest, no package)
 
-from jointdiff.commands.alpha_sweep import alpha_sweep
-from jointdiff.commands.sample import generate, judge_logits_fn
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.diffusion.targets import hit_rate
 from jointdiff.metrics.extractors import ClassifierFeatures
 from jointdiff.metrics.frechet import FrechetDistance
 from jointdiff.models.checkpoints import load_model
+from jointdiff.sampling.alpha_sweep import alpha_sweep
+from jointdiff.sampling.generate import generate
+from jointdiff.sampling.loading import judge_logits_fn
 
 
 class TinyData(ImageDataModule):
@@ -47,10 +48,9 @@ def test_alpha_sweep_rows_files_and_alpha_zero_baseline(tmp_path):
     meta = json.loads((out / "alpha_sweep.json").read_text())
     assert meta["num_real"] == 30 and meta["features"]["type"] == "classifier"
 
-    # α=0: the ddpm sampler's chains for the same seed, scored independently
+    # α=0: the ddpm sampler's chains for the same per-sample seeds (12 samples, class-major), scored independently
     model = load_model(ckpt)
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([generate(model, "ddpm", 6, generator=g, batch_size=4) for _ in (0, 2)])
+    x = generate(model, "ddpm", 12, seed=0, batch_size=5)
     y = torch.tensor([0] * 6 + [2] * 6)
     assert rows[0]["judge_hit_rate"] == pytest.approx(hit_rate(judge_logits_fn(ckpt)(x), y, "multiclass"))
     extractor = ClassifierFeatures(ckpt)

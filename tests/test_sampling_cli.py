@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jointdiff.cli import main as cli_main
+from jointdiff.diffusion.engine import PerSampleNoise
 from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
 from jointdiff.models.checkpoints import load_model
 from jointdiff.models.joint import JointDiffusion
@@ -62,9 +63,9 @@ def test_alpha_zero_cli_equals_ddpm_cli(ckpt, tmp_path):
         "--output", tmp_path / "b")
     a, b = np.load(tmp_path / "a" / "samples.npz"), np.load(tmp_path / "b" / "samples.npz")
     assert np.array_equal(a["arr_0"], b["arr_0"])
-    # and the file holds exactly the sampler's output for that seed
+    # and the file holds exactly the sampler's output for that seed: sample k's noise from its own (seed, k) stream
     model = load_model(ckpt)
-    x = ddpm_sample(model.eval_network, model.diffusion, (4, 1, 8, 8), generator=torch.Generator().manual_seed(3))
+    x = ddpm_sample(model.eval_network, model.diffusion, (4, 1, 8, 8), generator=PerSampleNoise(3, range(4)))
     assert np.array_equal(a["arr_0"], to_uint8(x).permute(0, 2, 3, 1).numpy())
     assert len(np.unique(a["arr_0"][0])) > 1
 
@@ -86,7 +87,8 @@ def test_ddim_and_guidance_run(ckpt, tmp_path):
         (["--classes", "[0, 3]"], "unknown class 3"),
         (["--alpha", "-1"], "alpha must be finite and >= 0"),
         (["--sampler", "guidance"], "needs --classifier"),
-        (["--sampler", "joint", "--steps", "5"], "--steps applies to --sampler ddim only"),
+        (["--sampler", "ddpm", "--steps", "5"], "--steps applies to --sampler ddim and joint"),
+        (["--sampler", "joint", "--steps", "31"], "sample_steps must be in 1..30"),
         (["--sampler", "ddim", "--steps", "31"], "sample_steps must be in 1..30"),
         (["--sampler", "ddpm", "--classes", "[1]"], "is unconditional"),
         (["--attributes", '["1,0,1"]'], "multi-class: give --classes"),
@@ -125,7 +127,7 @@ def test_guidance_with_a_noise_aware_classifier_checkpoint(ckpt, tmp_path):
         "--num", 3, "--seed", 5, "--output", tmp_path / "g0")
     # scale 0 = plain ancestral sampling with x̂0 clipped, through the command as well
     model = load_model(ckpt)
-    x = ddpm_sample(model.eval_network, model.diffusion, (3, 1, 8, 8), generator=torch.Generator().manual_seed(5),
+    x = ddpm_sample(model.eval_network, model.diffusion, (3, 1, 8, 8), generator=PerSampleNoise(5, range(3)),
                     clip_denoised=True)
     assert np.array_equal(np.load(tmp_path / "g0" / "samples.npz")["arr_0"], to_uint8(x).permute(0, 2, 3, 1).numpy())
     other_T = tmp_path / "noise_clf_T40.ckpt"
@@ -140,7 +142,7 @@ def test_guidance_with_a_noise_aware_classifier_checkpoint(ckpt, tmp_path):
 
 
 def test_largest_fitting_batch_doubles_until_out_of_memory():
-    from jointdiff.commands.sample import largest_fitting_batch
+    from jointdiff.sampling.generate import largest_fitting_batch
 
     tried = []
 
@@ -159,7 +161,8 @@ def test_largest_fitting_batch_doubles_until_out_of_memory():
 
 
 def test_auto_batch_size_on_cpu_and_the_probe_step_of_every_sampler(ckpt, tmp_path):
-    from jointdiff.commands.sample import auto_batch_size, load_diffusion_model, one_reverse_step
+    from jointdiff.sampling.generate import auto_batch_size, one_reverse_step
+    from jointdiff.sampling.loading import load_diffusion_model
 
     model = load_diffusion_model(ckpt)
     assert auto_batch_size(model, "joint", 300, torch.tensor(1)) == 64
@@ -175,7 +178,8 @@ def test_auto_batch_size_on_cpu_and_the_probe_step_of_every_sampler(ckpt, tmp_pa
 
 
 def test_clip_denoised_keeps_samples_in_range_and_defaults_to_each_samplers_reference(ckpt):
-    from jointdiff.commands.sample import generate, load_diffusion_model
+    from jointdiff.sampling.generate import generate
+    from jointdiff.sampling.loading import load_diffusion_model
 
     model = load_diffusion_model(ckpt)
     with torch.no_grad():

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import yaml
 
-from jointdiff.commands.sweep import run as run_sweep
 from jointdiff.data.fixtures import write_idx
 from jointdiff.workflow.compose import instantiate
 from jointdiff.workflow.launch import Job, write_slurm_array
+from jointdiff.workflow.sweep_jobs import run as run_sweep
 from jointdiff.workflow.sweeps import SweepError, command_line, expand, fit_args, load_sweep, parameter_sets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ def test_every_run_of_a_shipped_sweep_is_accepted_by_its_command(path, capsys):
                 assert hp[key.removeprefix("model.init_args.")] == expected
         else:
             assert run.argv[:4] == ["/usr/bin/env", "jointdiff", "sweep", "alpha"]
-            from jointdiff.commands.sweep import main
+            from jointdiff.cli import main
 
             with pytest.raises(SystemExit) as done:
-                main([*run.argv[3:], "--print_config"])
+                main([*run.argv[2:], "--print_config"])
             assert done.value.code in (0, None)
             printed = yaml.safe_load(capsys.readouterr().out)
             assert printed["alpha"] == run.params["alpha"] and printed["data"]["class_path"].endswith(
@@ -210,8 +210,8 @@ def test_one_alpha_run_writes_its_row_and_logs_it_to_an_offline_wandb_run(tmp_pa
     import torch
     from conftest import TINY_MODEL
 
-    from jointdiff.commands.sweep import alpha as alpha_run
     from jointdiff.models import JointDiffusion
+    from jointdiff.workflow.sweep_jobs import alpha as alpha_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_RUN_ID")

@@ -208,12 +208,12 @@ def part_throughput(args, device, result: dict, cap: Budget) -> None:
 def part_sampling(args, device, result: dict, cap: Budget) -> None:
     import torch
 
-    from jointdiff.commands.sample import auto_batch_size
     from jointdiff.diffusion.conditional import steered_features
     from jointdiff.diffusion.ddim import ddim_sample
     from jointdiff.diffusion.guidance import guidance_gradient
     from jointdiff.models import JointDiffusion
     from jointdiff.models.noise_aware import NoiseAwareClassifier
+    from jointdiff.sampling.generate import auto_batch_size
 
     out = result.setdefault("sampling", {})
     model = JointDiffusion(**{**model_args("fmnist", args.dry_run), "noisy_classifier": "replace"}).to(device).eval()

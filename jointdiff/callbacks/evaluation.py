@@ -31,20 +31,19 @@ from tqdm.auto import tqdm
 from jointdiff.callbacks.logging import log_image, run_dir
 from jointdiff.callbacks.samples import save_grid
 from jointdiff.files import atomic_write_json
-from jointdiff.metrics.extractors import FeatureExtractor, build_extractor, check_convention
-from jointdiff.metrics.frechet import FrechetDistance
+from jointdiff.metrics.extractors import FeatureExtractor, build_extractor, check_convention, quantize_uint8
+from jointdiff.metrics.generative import generative_metrics, generative_results
 from jointdiff.metrics.knn_precision_recall import DistanceDtype, KNNPrecisionRecall
 from jointdiff.metrics.prd import PRDPrecisionRecall
 from jointdiff.metrics.reference import (
     ReferenceCache,
     ReferenceKey,
     assemble,
-    dataset_fingerprint,
-    drop_incomplete_batch,
     extract_reference_features,
     global_batches,
     rank_batches,
-    reference_indices,
+    real_indices,
+    reference_key,
 )
 
 Split = Literal["train", "val", "test"]
@@ -84,6 +83,8 @@ class GenerativeEvaluation(L.Callback):
         knn_k, knn_chunk_size, distance_dtype: k-NN precision/recall (:mod:`jointdiff.metrics.knn_precision_recall`).
         prd_clusters, prd_runs, prd_angles: PRD (:mod:`jointdiff.metrics.prd`; 20, 10, 1001 in the paper).
         grid_size: samples in the saved grid (0: none).
+        save_samples: also write every sample, uint8 as the ``standard`` convention scores them, to
+            ``samples/eval_<stage>_step_<step>.npz`` in the run folder (``jointdiff score`` re-scores such a file).
         cache_dir: where real features are cached (default ``$JOINTDIFF_CACHE/reference_features``).
     """
 
@@ -108,6 +109,7 @@ class GenerativeEvaluation(L.Callback):
         prd_runs: int = 10,
         prd_angles: int = 1001,
         grid_size: int = 64,
+        save_samples: bool = False,
         cache_dir: str | None = None,
     ):
         if num_samples < 2 or batch_size < 1:
@@ -140,6 +142,7 @@ class GenerativeEvaluation(L.Callback):
         self.knn = dict(k=knn_k, chunk_size=knn_chunk_size, distance_dtype=distance_dtype)
         self.prd = dict(num_clusters=prd_clusters, num_angles=prd_angles, num_runs=prd_runs)
         self.grid_size = grid_size
+        self.save_samples = save_samples
         self.cache = ReferenceCache(cache_dir)
         self.extractors: dict[str, FeatureExtractor] = {}
         self._reference: dict[ReferenceKey, torch.Tensor] = {}
@@ -208,16 +211,10 @@ class GenerativeEvaluation(L.Callback):
         ``memory``, ``disk`` (the cache) or ``computed`` (split across ranks, gathered, written by rank 0)."""
         dm = trainer.datamodule
         dataset = self._reference_dataset(trainer)
-        subset_seed = 0
-        indices = reference_indices(len(dataset), self.num_reference, subset_seed)
-        if convention == "reference":  # and the reference's real set: its loader drops the last incomplete batch
-            indices = drop_incomplete_batch(indices, self._reference_loader_batch(dm))
-        key = ReferenceKey(
-            dataset=getattr(dm, "name", type(dm).__name__), split=self.reference_split,
-            data_fingerprint=dataset_fingerprint(dataset), extractor=extractor.name,
-            extractor_fingerprint=extractor.fingerprint, convention=convention, count=len(indices),
-            subset_seed=subset_seed,
-        )
+        loader_batch = self._reference_loader_batch(dm) if convention == "reference" else None
+        indices = real_indices(len(dataset), self.num_reference, convention, loader_batch)
+        key = reference_key(getattr(dm, "name", type(dm).__name__), self.reference_split, dataset, extractor,
+                            convention, len(indices))
         if key in self._reference:
             return self._reference[key], key, "memory"
         strategy, world, rank = trainer.strategy, trainer.world_size, trainer.global_rank
@@ -250,11 +247,7 @@ class GenerativeEvaluation(L.Callback):
 
     # evaluation ------------------------------------------------------------------------------------------------
     def _metrics(self, dim: int, device: torch.device) -> dict:
-        return {
-            "fid": FrechetDistance(dim).to(device),
-            "knn": KNNPrecisionRecall(**self.knn).to(device),
-            "prd": PRDPrecisionRecall(**self.prd, seed=self.seed).to(device),
-        }
+        return generative_metrics(dim, self.knn, self.prd, self.seed, device)
 
     def _sampler_record(self, pl_module: L.LightningModule) -> dict:
         from jointdiff.models.joint import JointDiffusion
@@ -294,6 +287,7 @@ class GenerativeEvaluation(L.Callback):
         mine = rank_batches(self.num_samples, self.batch_size, rank, world)
         t_sampling = t_features = 0.0
         grid_path = None
+        kept: list[torch.Tensor] = []  # this rank's samples as uint8 (save_samples)
         for b in tqdm(mine, desc=f"generative eval ({len(batches)} batches over {world} process(es))",
                       disable=rank != 0):
             start, stop = batches[b]
@@ -309,22 +303,21 @@ class GenerativeEvaluation(L.Callback):
             _sync(device)
             t_sampling += t1 - t0
             t_features += time.perf_counter() - t1
+            if self.save_samples:
+                kept.append(quantize_uint8(images).flatten(1).cpu())
             if b == 0 and self.grid_size > 0:
                 name = f"eval_{prefix}_step_{trainer.global_step:07d}.png"
                 grid_path = save_grid(images[: self.grid_size], out_dir / "samples" / name)
                 log_image(trainer, f"samples/eval_{prefix}", grid_path, step=trainer.global_step)
 
+        samples_path = None
+        if self.save_samples:
+            samples_path = self._write_samples(trainer, kept, out_dir / "samples" /
+                                               f"eval_{prefix}_step_{trainer.global_step:07d}.npz", pl_module)
         t0 = time.perf_counter()
         results: dict[str, float] = {}
         for name, conv in combos:  # the same order on every rank: compute() gathers
-            m = metrics[(name, conv)]
-            knn, prd = m["knn"].compute(), m["prd"].compute()
-            base = f"{prefix}/gen_{name}"
-            results[f"{base}/fid_{conv}"] = float(m["fid"].compute())
-            results[f"{base}/precision_knn_{conv}"] = float(knn["precision"])
-            results[f"{base}/recall_knn_{conv}"] = float(knn["recall"])
-            results[f"{base}/precision_prd_{conv}"] = float(prd["precision"])
-            results[f"{base}/recall_prd_{conv}"] = float(prd["recall"])
+            results.update(generative_results(metrics[(name, conv)], prefix, name, conv))
         t_metrics = time.perf_counter() - t0
         for key, value in results.items():
             # Identical on every rank already; "max" keeps the exact value where "mean" could round.
@@ -356,6 +349,7 @@ class GenerativeEvaluation(L.Callback):
                 "total": round(time.perf_counter() - t_start, 3),
             },
             "sample_grid": str(grid_path) if grid_path else None,
+            "samples_npz": str(samples_path) if samples_path else None,
             "results": results,
         }
         self.last_results, self.last_record = results, record
@@ -366,6 +360,23 @@ class GenerativeEvaluation(L.Callback):
             lines += [f"  {k:<52} {v:.4f}" for k, v in results.items()]
             rank_zero_info("\n".join(lines))
         return results
+
+    def _write_samples(self, trainer: L.Trainer, kept: list[torch.Tensor], path: Path, pl_module) -> Path:
+        """Gather every rank's uint8 samples in global order; rank 0 writes them (``write_samples`` layout)."""
+        from jointdiff.sampling.files import write_samples
+
+        hp = pl_module.hparams
+        local = torch.cat(kept) if kept else torch.empty(0, hp.channels * hp.image_size ** 2, dtype=torch.uint8)
+        if trainer.world_size > 1:
+            batches = rank_batches(self.num_samples, self.batch_size, 0, trainer.world_size)
+            padded = torch.zeros(len(batches) * self.batch_size, local.shape[1], device=pl_module.device)
+            padded[: len(local)] = local.to(pl_module.device).float()  # float: gloo gathers every dtype of it
+            gathered = trainer.strategy.all_gather(padded)
+            local = assemble(gathered, self.num_samples, self.batch_size, trainer.world_size).round().to(torch.uint8)
+        images = local.reshape(-1, hp.channels, hp.image_size, hp.image_size).cpu()
+        if trainer.global_rank == 0:
+            write_samples(path, images)
+        return path
 
     @staticmethod
     def _append(path: Path, record: dict) -> None:

@@ -31,23 +31,18 @@ from jointdiff.data.semisupervised import (
     select_labelled,
     validate_labelled_args,
 )
+from jointdiff.files import CACHE_ENV, cache_dir  # noqa: F401  (cache_dir: re-exported for the DataModules)
 
 # torchdata 0.11 calls torch.set_vital on every iterator, which torch ≥ 2.9 deprecates with a warning each epoch
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 DATA_ROOT_ENV = "JOINTDIFF_DATA_ROOT"
-CACHE_ENV = "JOINTDIFF_CACHE"
 
 T = TypeVar("T")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """Raised when no source provides a dataset; the message says what is expected and how to get it."""
-
-
-def cache_dir() -> Path:
-    """Writable cache (decompressed files, split files): ``$JOINTDIFF_CACHE`` or ``~/.cache/jointdiff``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "jointdiff")
 
 
 def candidate_roots(explicit: str | os.PathLike | None, env_subdir: str, system_dirs: Sequence[str] = ()) -> list[Path]:

@@ -11,16 +11,20 @@ computed through the pooled-feature head, and then decoded::
 
 ``d = +1`` (gradient *ascent* on the target-class CE) is the reference's direction (D11). Per step the cost is one
 encoder pass, one backward pass through head and encoder (``torch.autograd.grad`` w.r.t. ``m`` and the skips, so
-no parameter gradients are formed) and one decoder pass without a graph. Only full-T ancestral sampling (D22).
+no parameter gradients are formed) and one decoder pass without a graph. The loop is the engine's
+(:mod:`jointdiff.diffusion.engine`) with :class:`ClassSteering` as its feature-steering hook. The reference runs it
+over all T ancestral steps only (D22); here it also runs η-DDIM on a respaced grid (``timesteps``), with the rule
+for α per step stated in :class:`ClassSteering` (a departure: not in the reference or the paper).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
+from jointdiff.diffusion.engine import Noise, Step, full_grid, initial_noise, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.targets import check_targets, target_loss
 from jointdiff.nn.joint import JointNetwork
@@ -57,6 +61,26 @@ def _check_network(network: JointNetwork) -> None:
                          f"call .eval() first (in training mode: {', '.join(training[:3])})")
 
 
+def steer_features(
+    network: JointNetwork,
+    middle: torch.Tensor,
+    skips: list[torch.Tensor],
+    t: torch.Tensor,
+    targets: torch.Tensor,
+    step_size: float,
+    task: str = "multiclass",
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """One backward pass from the head's target loss to encoder outputs that carry a live graph:
+    ``(m + s·∂ℓ/∂m, [e_k + s·∂ℓ/∂e_k], logits)``, all detached, ``s = d·α``. The gradients are total derivatives:
+    ``∂ℓ/∂e_k`` includes the paths through the later encoder blocks and ``m``, not only ``GAP(e_k)``."""
+    with torch.enable_grad():
+        logits = network.classify_features(middle, skips, t)
+        grads = torch.autograd.grad(target_loss(logits, targets, task), [middle, *skips])
+    middle = (middle + step_size * grads[0]).detach()
+    skips = [(e + step_size * g).detach() for e, g in zip(skips, grads[1:], strict=True)]
+    return middle, skips, logits.detach()
+
+
 def steered_features(
     network: JointNetwork,
     x_t: torch.Tensor,
@@ -67,21 +91,46 @@ def steered_features(
     task: str = "multiclass",
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """One encoder pass and one backward pass: ``(m + d·α·∂ℓ/∂m, [e_k + d·α·∂ℓ/∂e_k], logits)``, all detached.
-
-    x_t: (B, c, H, W) at step t (B,). The gradients are total derivatives: ``∂ℓ/∂e_k`` includes the paths through
-    the later encoder blocks and ``m``, not only ``GAP(e_k)``.
-    """
+    x_t: (B, c, H, W) at step t (B,)."""
     with torch.enable_grad():
-        # x needs a graph only so that the encoder's outputs have one when the weights are frozen (EMA copies);
-        # autograd.grad below stops at m and the skips and never forms a gradient for x or the weights.
-        x = x_t.detach().requires_grad_(True)
-        middle, skips = network.unet.encode(x, t)
-        logits = network.classify_features(middle, skips, t)
-        grads = torch.autograd.grad(target_loss(logits, targets, task), [middle, *skips])
-    step = direction * alpha
-    middle = (middle + step * grads[0]).detach()
-    skips = [(e + step * g).detach() for e, g in zip(skips, grads[1:], strict=True)]
-    return middle, skips, logits.detach()
+        # x needs a graph only so that the encoder's outputs have one when the weights are frozen (EMA copies)
+        middle, skips = network.encode(x_t.detach().requires_grad_(True), t)
+        return steer_features(network, middle, skips, t, targets, direction * alpha, task)
+
+
+RespacedAlpha = Literal["same", "stride"]
+
+
+class ClassSteering:
+    """Algorithm 1 as the engine's feature-steering hook: at each step, move the encoder outputs one gradient step
+    of size ``d·α_step`` on the head's target-class loss; the head's logits are left on the step (``step.logits``).
+
+    On the full grid ``α_step = α_i``. On a respaced grid (a step from the level of ``τ_k`` to ``τ_{k−1}``):
+
+    - ``same`` (default): ``α_step = α_{τ_k}``. The edit changes ε̂, i.e. the score the sampler integrates; a
+      coarser integrator of the same modified score targets the same distribution, so the edit per network
+      evaluation stays what it is on the full grid.
+    - ``stride``: ``α_step = Σ_{i=τ_{k−1}+1}^{τ_k} α_i`` (α times the stride for a constant α): as many pushes as the
+      full chain makes over the interval, applied at once. A control for the rule above.
+    """
+
+    def __init__(self, network: JointNetwork, targets: torch.Tensor, alphas: list[float], direction: int = 1,
+                 task: str = "multiclass", respaced_alpha: RespacedAlpha = "same"):
+        if respaced_alpha not in ("same", "stride"):
+            raise ValueError(f"respaced_alpha must be 'same' or 'stride', got {respaced_alpha!r}")
+        self.network, self.targets, self.alphas = network, targets, alphas
+        self.direction, self.task, self.respaced_alpha = direction, task, respaced_alpha
+
+    def alpha_at(self, step: Step) -> float:
+        if self.respaced_alpha == "stride":
+            return sum(self.alphas[step.prev + 1 : step.index + 1])
+        return self.alphas[step.index]
+
+    def __call__(self, features, step: Step):
+        middle, skips = features
+        middle, skips, step.logits = steer_features(self.network, middle, skips, step.t, self.targets,
+                                                    self.direction * self.alpha_at(step), self.task)
+        return middle, skips
 
 
 def joint_conditional_denoise(
@@ -94,15 +143,20 @@ def joint_conditional_denoise(
     *,
     direction: int = 1,
     task: str = "multiclass",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     clip_denoised: bool = False,
     progress: bool = False,
     on_step: StepCallback | None = None,
+    timesteps: Sequence[int] | torch.Tensor | None = None,
+    eta: float = 0.0,
+    respaced_alpha: RespacedAlpha = "same",
 ) -> torch.Tensor:
     """Conditional reverse process from ``x`` at the noise level of step ``start_step`` down to a clean sample.
 
-    The step noise ξ is drawn from ``generator`` once per step, in the order :func:`ddpm_sample` draws it, so α=0
-    reproduces unconditional sampling bit for bit. ``start_step = −1`` returns ``x`` unchanged.
+    Default: every step ``start_step…0`` with the ancestral update; the step noise ξ is drawn from ``generator``
+    once per step, in the order :func:`ddpm_sample` draws it, so α=0 reproduces unconditional sampling bit for bit.
+    ``timesteps`` (ascending, ending at ``start_step``) runs η-DDIM on that grid instead, with α per step by
+    ``respaced_alpha`` (:class:`ClassSteering`). ``start_step = −1`` returns ``x`` unchanged.
     """
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 (reference: ascent on the target CE) or -1, got {direction}")
@@ -111,16 +165,17 @@ def joint_conditional_denoise(
     _check_network(network)
     alphas = alpha_schedule(alpha, diffusion.num_steps)
     targets = check_targets(targets.to(x.device), num_outputs(network), task, batch=x.shape[0])
-    for i in tqdm(range(start_step, -1, -1), desc="conditional sampling", disable=not progress, leave=False):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        middle, skips, logits = steered_features(network, x, t, targets, alphas[i], direction, task)
-        if on_step is not None:
-            on_step(i, logits)
-        with torch.no_grad():
-            eps = network.unet.decode(middle, skips, t)
-            noise = torch.randn(x.shape, device=x.device, generator=generator)
-            x = diffusion.p_sample_step(x, t, eps, noise, clip_denoised)
-    return x
+    if start_step < 0:
+        return x
+    if timesteps is not None and int(torch.as_tensor(timesteps).flatten()[-1]) != start_step:
+        raise ValueError(f"timesteps must end at start_step ({start_step})")
+    steer = ClassSteering(network, targets, alphas, direction, task, respaced_alpha)
+    trace = None if on_step is None else (lambda step: on_step(step.index, step.logits))
+    return reverse_process(
+        network, diffusion, x, full_grid(diffusion, start_step) if timesteps is None else timesteps,
+        update="ddpm" if timesteps is None else "ddim", eta=eta, steer=steer, on_step=trace, noise=generator,
+        clip_denoised=clip_denoised, progress=progress, desc="conditional sampling",
+    )
 
 
 def joint_conditional_sample(
@@ -133,17 +188,22 @@ def joint_conditional_sample(
     direction: int = 1,
     task: str = "multiclass",
     device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     clip_denoised: bool = False,
     progress: bool = False,
     on_step: StepCallback | None = None,
+    timesteps: Sequence[int] | torch.Tensor | None = None,
+    eta: float = 0.0,
+    respaced_alpha: RespacedAlpha = "same",
 ) -> torch.Tensor:
-    """Samples of the target classes (multiclass: (B,) ids; multilabel: (B, n) 0/1 vectors) over all T steps
-    from ``x_{T−1} ~ N(0, I)`` drawn from ``generator``. Returns unclipped floats, (B, c, H, W)."""
-    x = torch.randn(shape, device=device, generator=generator)
+    """Samples of the target classes (multiclass: (B,) ids; multilabel: (B, n) 0/1 vectors) from
+    ``x_{T−1} ~ N(0, I)`` drawn from ``generator``: all T ancestral steps, or η-DDIM on ``timesteps`` (ascending,
+    ending at T−1, e.g. :func:`~jointdiff.diffusion.ddim.respaced_timesteps`). Returns unclipped floats."""
+    x = initial_noise(shape, generator, device)
     return joint_conditional_denoise(
         network, diffusion, x, diffusion.num_steps - 1, targets, alpha, direction=direction, task=task,
-        generator=generator, clip_denoised=clip_denoised, progress=progress, on_step=on_step,
+        generator=generator, clip_denoised=clip_denoised, progress=progress, on_step=on_step, timesteps=timesteps,
+        eta=eta, respaced_alpha=respaced_alpha,
     )
 
 
@@ -166,7 +226,7 @@ def counterfactual(
     *,
     direction: int = 1,
     task: str = "multiclass",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     progress: bool = False,
     on_step: StepCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +242,7 @@ def counterfactual(
     if n == 0:
         return x0.clone(), x0.clone()
     t = torch.full((x0.shape[0],), n - 1, device=x0.device, dtype=torch.long)
-    noised = diffusion.q_sample(x0, t, torch.randn(x0.shape, device=x0.device, generator=generator))
+    noised = diffusion.q_sample(x0, t, initial_noise(x0.shape, generator, x0.device))
     cf = joint_conditional_denoise(
         network, diffusion, noised, n - 1, targets, alpha, direction=direction, task=task, generator=generator,
         progress=progress, on_step=on_step,

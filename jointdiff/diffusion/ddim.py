@@ -1,7 +1,8 @@
 """DDIM (Song et al. 2021) over a respaced subset of the T training steps, and its deterministic inversion.
 
-Only for ε-prediction models sampled without a classifier in the loop (vanilla DDPM, PDAE); the joint
-conditional sampler runs all T ancestral steps (spec D22).
+The update itself is the engine's ``update="ddim"`` (:mod:`jointdiff.diffusion.engine`); this module holds the
+grid (:func:`respaced_timesteps`) and the inversion. The joint conditional sampler can run on such a grid too
+(:mod:`jointdiff.diffusion.conditional`; the reference runs it over all T ancestral steps only, spec D22).
 
 Convention. ``timesteps = [τ_0 < τ_1 < … < τ_{S-1}]`` are *original* step indices with ``τ_0 = 0``. The sampler
 holds ``x`` at the noise level of ``τ_k`` and moves it to the level of ``τ_{k-1}``; below ``τ_0`` is the clean
@@ -26,8 +27,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from jointdiff.diffusion.engine import EpsFn, Noise, alpha_bar, check_timesteps, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
-from jointdiff.diffusion.samplers import EpsFn
 
 
 def space_timesteps(num_steps: int, section_counts: int | str | Sequence[int]) -> list[int]:
@@ -82,35 +83,19 @@ def respaced_timesteps(num_steps: int, sample_steps: int | str) -> torch.LongTen
     return torch.tensor(space_timesteps(num_steps, sample_steps), dtype=torch.long)
 
 
-def _check_timesteps(diffusion: GaussianDiffusion, timesteps: torch.Tensor) -> list[int]:
-    steps = [int(i) for i in torch.as_tensor(timesteps).flatten().tolist()]
-    if not steps:
-        raise ValueError("timesteps is empty")
-    if any(b <= a for a, b in zip(steps[:-1], steps[1:], strict=True)):
-        raise ValueError(f"timesteps must be strictly ascending, got {steps[:8]}…")
-    if steps[0] < 0 or steps[-1] >= diffusion.num_steps:
-        raise ValueError(f"timesteps must lie in 0..{diffusion.num_steps - 1}, got {steps[0]}..{steps[-1]}")
-    return steps
-
-
-def _alpha_bar(diffusion: GaussianDiffusion, i: int) -> float:
-    """ᾱ_i in float64 from the master table; ``i = −1`` is the clean level (ᾱ = 1)."""
-    return 1.0 if i < 0 else float(diffusion.tables64["alphas_cumprod"][i])
-
-
-@torch.no_grad()
 def ddim_sample(
     eps_fn: EpsFn,
     diffusion: GaussianDiffusion,
     x_T: torch.Tensor,
     timesteps: torch.Tensor,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     progress: bool = False,
     *,
     clip_denoised: bool = False,
 ) -> torch.Tensor:
-    """Run DDIM from ``x_T`` (at the noise level of ``timesteps[-1]``) down to a clean sample.
+    """Run DDIM from ``x_T`` (at the noise level of ``timesteps[-1]``) down to a clean sample: the engine's
+    ``update="ddim"``.
 
     Args:
         eps_fn: ``eps_fn(x_t, t) -> ε̂`` with ``t`` a (B,) LongTensor of original step indices.
@@ -121,25 +106,8 @@ def ddim_sample(
         clip_denoised: clamp x̂0 to [-1, 1] and re-derive ε̂ from it (guided-diffusion's option; off by default,
             as every sampler of the reference).
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    steps = _check_timesteps(diffusion, timesteps)
-    x = x_T
-    batch = x.shape[0]
-    prevs = [-1] + steps[:-1]
-    for i, prev in tqdm(list(zip(steps, prevs, strict=True))[::-1], desc="ddim", disable=not progress, leave=False):
-        t = torch.full((batch,), i, device=x.device, dtype=torch.long)
-        eps = eps_fn(x, t)
-        ab, ab_prev = _alpha_bar(diffusion, i), _alpha_bar(diffusion, prev)
-        x0 = (x - (1.0 - ab) ** 0.5 * eps) / ab**0.5
-        if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - ab**0.5 * x0) / (1.0 - ab) ** 0.5
-        sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)) ** 0.5 * (1.0 - ab / ab_prev) ** 0.5
-        x = ab_prev**0.5 * x0 + max(1.0 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return x
+    return reverse_process(eps_fn, diffusion, x_T, timesteps, update="ddim", eta=eta, noise=generator,
+                           clip_denoised=clip_denoised, progress=progress, desc="ddim")
 
 
 @torch.no_grad()
@@ -158,14 +126,14 @@ def ddim_invert(
     (guided-diffusion's ``ddim_reverse_sample``, diffusers' ``DDIMInverseScheduler``); it is exact when ε̂ does
     not change between neighbouring steps and close for a smooth ``eps_fn`` and enough steps.
     """
-    steps = _check_timesteps(diffusion, timesteps)
+    steps = check_timesteps(diffusion, timesteps)
     x = x0
     batch = x.shape[0]
     prevs = [-1] + steps[:-1]
     for i, prev in tqdm(list(zip(steps, prevs, strict=True)), desc="ddim inversion", disable=not progress, leave=False):
         t = torch.full((batch,), max(prev, 0), device=x.device, dtype=torch.long)
         eps = eps_fn(x, t)
-        ab_cur, ab_next = _alpha_bar(diffusion, prev), _alpha_bar(diffusion, i)
+        ab_cur, ab_next = alpha_bar(diffusion, prev), alpha_bar(diffusion, i)
         x0_pred = (x - (1.0 - ab_cur) ** 0.5 * eps) / ab_cur**0.5
         x = ab_next**0.5 * x0_pred + (1.0 - ab_next) ** 0.5 * eps
     return x

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from jointdiff.diffusion.engine import EpsFn, MeanShift, Noise, Step, initial_noise, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion, extract
-from jointdiff.diffusion.samplers import EpsFn
 from jointdiff.diffusion.targets import check_targets, target_loss
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,6 +32,18 @@ def guidance_gradient(
     return grad
 
 
+def guidance_shift(
+    logits_fn: LogitsFn, diffusion: GaussianDiffusion, targets: torch.Tensor, scale: float, task: str
+) -> MeanShift:
+    """The engine's mean-shift hook of classifier guidance: ``Δμ = s·σ_i²·∇_x Σ_b log p(y_b | x_i, i)``."""
+
+    def shift(x: torch.Tensor, step: Step) -> torch.Tensor:
+        variance = extract(diffusion.sampling_variance, step.t, x.ndim)
+        return scale * variance * guidance_gradient(logits_fn, x, step.t, targets, task)
+
+    return shift
+
+
 def classifier_guided_sample(
     eps_fn: EpsFn,
     logits_fn: LogitsFn,
@@ -44,7 +55,7 @@ def classifier_guided_sample(
     num_classes: int,
     task: str = "multiclass",
     device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     clip_denoised: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -57,15 +68,6 @@ def classifier_guided_sample(
     if not scale >= 0:
         raise ValueError(f"guidance scale must be >= 0, got {scale}")
     targets = check_targets(targets.to(device), num_classes, task, batch=shape[0])
-    x = torch.randn(shape, device=device, generator=generator)
-    for i in tqdm(range(diffusion.num_steps - 1, -1, -1), desc="guided sampling", disable=not progress, leave=False):
-        t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-        with torch.no_grad():
-            eps = eps_fn(x, t)
-            mean = diffusion.p_mean(x, t, eps, clip_denoised)
-        variance = extract(diffusion.sampling_variance, t, x.ndim)
-        mean = mean + scale * variance * guidance_gradient(logits_fn, x, t, targets, task)
-        noise = torch.randn(shape, device=device, generator=generator)
-        nonzero = (t > 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        x = mean + nonzero * variance.sqrt() * noise  # the last line of GaussianDiffusion.p_sample_step
-    return x
+    x = initial_noise(shape, generator, device)
+    return reverse_process(eps_fn, diffusion, x, mean_shift=guidance_shift(logits_fn, diffusion, targets, scale, task),
+                           noise=generator, clip_denoised=clip_denoised, progress=progress, desc="guided sampling")

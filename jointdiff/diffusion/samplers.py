@@ -1,25 +1,23 @@
-"""Samplers: pure loops over an ε-prediction function ``eps_fn(x_t, t) -> ε̂``."""
+"""The unconditional ancestral sampler (spec §3), a configuration of the engine's ``reverse_process``, and the one
+float → uint8 converter of saved samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from tqdm.auto import tqdm
 
+from jointdiff.diffusion.engine import EpsFn, Noise, initial_noise, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["EpsFn", "ddpm_sample", "to_uint8"]
 
 
-@torch.no_grad()
 def ddpm_sample(
     eps_fn: EpsFn,
     diffusion: GaussianDiffusion,
     shape: tuple[int, ...],
     *,
     device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Noise | None = None,
     clip_denoised: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -28,14 +26,8 @@ def ddpm_sample(
     With the same ``generator`` state the result is deterministic: the initial noise and every step's noise are
     drawn from it in a fixed order.
     """
-    x = torch.randn(shape, device=device, generator=generator)
-    steps = range(diffusion.num_steps - 1, -1, -1)
-    for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):
-        t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-        eps = eps_fn(x, t)
-        noise = torch.randn(shape, device=device, generator=generator)
-        x = diffusion.p_sample_step(x, t, eps, noise, clip_denoised)
-    return x
+    x = initial_noise(shape, generator, device)
+    return reverse_process(eps_fn, diffusion, x, noise=generator, clip_denoised=clip_denoised, progress=progress)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

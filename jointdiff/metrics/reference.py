@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from jointdiff.data.base import cache_dir
-from jointdiff.files import atomic_write
+from jointdiff.files import atomic_write, cache_dir
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,44 @@ def dataset_fingerprint(dataset: Dataset) -> str:
             x, _ = dataset[i]
             h.update(torch.as_tensor(x).float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def reference_key(dataset_name: str, split: str, dataset: Dataset, extractor, convention: str, count: int,
+                  subset_seed: int = 0) -> ReferenceKey:
+    """The cache key of ``count`` real images of ``dataset`` in ``extractor``'s features under ``convention``."""
+    return ReferenceKey(
+        dataset=dataset_name, split=split, data_fingerprint=dataset_fingerprint(dataset), extractor=extractor.name,
+        extractor_fingerprint=extractor.fingerprint, convention=convention, count=count, subset_seed=subset_seed,
+    )
+
+
+def real_indices(n_total: int, num_reference: int | None, convention: str, loader_batch: int | None,
+                 subset_seed: int = 0) -> torch.Tensor:
+    """The real images an evaluation compares against: all or a seeded subset; under the ``reference`` convention
+    without the last incomplete batch of the reference's evaluation loader (``loader_batch``, docs/fidelity.md)."""
+    indices = reference_indices(n_total, num_reference, subset_seed)
+    if convention == "reference":
+        if loader_batch is None:
+            raise ValueError("the reference input convention needs the DataModule's batch_size")
+        indices = drop_incomplete_batch(indices, loader_batch)
+    return indices
+
+
+def cached_reference_features(
+    dataset: Dataset, dataset_name: str, split: str, extractor, convention: str, batch_size: int,
+    cache: ReferenceCache, device: torch.device | str = "cpu", num_reference: int | None = None,
+    loader_batch: int | None = None, progress: Callable | None = None,
+) -> tuple[torch.Tensor, ReferenceKey, str]:
+    """One process: (N_ref, D) real features from the cache (``disk``) or ``computed`` and cached."""
+    indices = real_indices(len(dataset), num_reference, convention, loader_batch)
+    key = reference_key(dataset_name, split, dataset, extractor, convention, len(indices))
+    cached = cache.load(key)
+    if cached is not None:
+        return cached, key, "disk"
+    features = extract_reference_features(dataset, indices, lambda x: extractor(x.to(device), convention),
+                                          batch_size, progress=progress).cpu()
+    cache.save(key, features)
+    return features, key, "computed"
 
 
 def reference_indices(n_total: int, count: int | None, seed: int) -> torch.Tensor:

@@ -24,6 +24,15 @@ class JointNetwork(nn.Module):
         """Predicted noise ε̂(x_t, t)."""
         return self.unet(x, t)
 
+    def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder's outputs ``(m, [e_1…e_K])``: all the decoder consumes and all the head reads."""
+        return self.unet.encode(x, t)
+
+    def decode(self, features: tuple[torch.Tensor, list[torch.Tensor]], t: torch.Tensor) -> torch.Tensor:
+        """ε̂ from (possibly edited) encoder outputs: ``decode(encode(x, t), t) == self(x, t)``."""
+        middle, skips = features
+        return self.unet.decode(middle, skips, t)
+
     def denoise_with_features(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One UNet pass → (ε̂(x_t, t), pooled encoder features z (B, F)): the diffusion output and the head's
         input from the same encoder pass (used when the classifier term's input is the diffusion's own x_t)."""

@@ -6,7 +6,7 @@ checkpoint) and whether it builds a UNet (then its CPU smoke variant also takes 
 Each run has a fixed folder, ``runs/paper/<key>`` (``runs/quick/<key>`` for the smoke variant), passed to the run as
 ``$JOINTDIFF_RUN_DIR`` and ``--trainer.default_root_dir``, so a dependent run knows where its input lands.
 
-``jointdiff paper`` prints or runs these (:mod:`jointdiff.commands.paper`); ``docs/workflow.md`` lists them per
+``jointdiff paper`` prints or runs these (:mod:`jointdiff.workflow.reproduce`); ``docs/workflow.md`` lists them per
 table; ``tests/test_configs.py`` instantiates every composition.
 """
 

@@ -1,0 +1,361 @@
+"""Samples from a checkpoint with any of the project's samplers: argument checks, targets, batch size, batched
+generation across classes with per-sample seeds (:func:`generate`) and the whole ``jointdiff sample`` run
+(:func:`sample`: grids, sample file, record; usage in :mod:`jointdiff.commands.sample`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from jointdiff.callbacks.samples import save_grid
+from jointdiff.diffusion.conditional import Alpha, RespacedAlpha, joint_conditional_sample, steered_features
+from jointdiff.diffusion.ddim import ddim_sample, respaced_timesteps
+from jointdiff.diffusion.engine import PerSampleNoise, initial_noise
+from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_gradient
+from jointdiff.diffusion.samplers import ddpm_sample
+from jointdiff.diffusion.targets import check_targets, hit_rate
+from jointdiff.files import atomic_write_json
+from jointdiff.sampling.distributed import launch, sharded_generate
+from jointdiff.sampling.files import write_samples
+from jointdiff.sampling.loading import Weights, judge_logits_fn, load_diffusion_model, noisy_logits_fn, pick_network
+
+Sampler = Literal["ddpm", "ddim", "joint", "guidance"]
+CONDITIONAL = ("joint", "guidance")
+
+
+# targets ---------------------------------------------------------------------------------------------------------
+def parse_targets(
+    num_classes: int, task: str, classes: list[int] | None, attributes: list[str] | None
+) -> list[torch.Tensor]:
+    """One target per group: a class id (multiclass; all classes when ``classes`` is None) or a 0/1 vector
+    (multilabel, from strings such as ``"0,1,1,0,…"`` or a text file with one vector per line)."""
+    if task == "multilabel":
+        if classes:
+            raise ValueError("this model is multi-label: give --attributes (0/1 vectors), not --classes")
+        if not attributes:
+            raise ValueError(f"this model is multi-label: give --attributes, each a 0/1 vector of {num_classes} values")
+        rows: list[str] = []
+        for a in attributes:
+            p = Path(a)
+            rows.extend(line for line in p.read_text().splitlines() if line.strip()) if p.is_file() else rows.append(a)
+        vectors = [torch.tensor([float(v) for v in r.replace(",", " ").split()]) for r in rows]
+        return [check_targets(v[None], num_classes, task)[0] for v in vectors]
+    if attributes:
+        raise ValueError("this model is multi-class: give --classes, not --attributes")
+    ids = list(range(num_classes)) if classes is None else list(classes)
+    if not ids:
+        raise ValueError("--classes is empty")
+    check_targets(torch.tensor(ids), num_classes, task)
+    return [torch.tensor(c) for c in ids]
+
+
+# batch size ------------------------------------------------------------------------------------------------------
+AUTO_BATCH_CPU = 64  # on CPU a larger batch buys no throughput (bench_sampling: per-image cost is flat in b)
+AUTO_BATCH_LIMIT = 4096
+
+
+def largest_fitting_batch(try_batch: Callable[[int], None], limit: int, start: int = 8) -> int:
+    """The largest of ``start, 2·start, 4·start, …`` (capped at ``limit``) for which ``try_batch(b)`` runs without
+    running out of device memory. Written here because Lightning's ``BatchSizeFinder`` searches training loops
+    only; the search is the same doubling."""
+    good, b = 0, min(start, limit)
+    while True:
+        try:
+            try_batch(b)
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        good = b
+        if b >= limit:
+            break
+        b = min(2 * b, limit)
+    if not good:
+        raise RuntimeError(f"a batch of {min(start, limit)} samples does not fit in device memory")
+    return good
+
+
+def one_reverse_step(
+    model, sampler: Sampler, target: torch.Tensor | None, classifier: tuple[Callable, int, str] | None,
+    weights: Weights = "model",
+) -> Callable[[int], None]:
+    """``run(b)``: one reverse step of ``sampler`` at batch ``b`` on random x at i = T−1. A sampling loop keeps no
+    graph across steps, so this is its peak memory."""
+    hp, net = model.hparams, pick_network(model, weights)
+    device = next(net.parameters()).device
+
+    def run(b: int) -> None:
+        x = torch.randn(b, hp.channels, hp.image_size, hp.image_size, device=device)
+        t = torch.full((b,), model.diffusion.num_steps - 1, device=device, dtype=torch.long)
+        y = None if target is None else target.to(device).expand(b, *target.shape)
+        if sampler == "joint":
+            middle, skips, _ = steered_features(net, x, t, y, 1.0, 1, hp.task)
+            with torch.no_grad():
+                net.unet.decode(middle, skips, t)
+            return
+        with torch.no_grad():
+            net(x, t)
+        if sampler == "guidance":
+            fn, _, task = classifier
+            guidance_gradient(fn, x, t, y, task)
+
+    return run
+
+
+def auto_batch_size(
+    model, sampler: Sampler, num: int, target: torch.Tensor | None,
+    classifier: tuple[Callable, int, str] | None = None, weights: Weights = "model",
+) -> int:
+    """``--batch_size auto``: on a GPU the largest batch (≤ ``num``) whose reverse step fits in memory; on CPU 64."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return min(num, AUTO_BATCH_CPU)
+    return largest_fitting_batch(one_reverse_step(model, sampler, target, classifier, weights),
+                                 min(num, AUTO_BATCH_LIMIT))
+
+
+# generation ------------------------------------------------------------------------------------------------------
+def generate(
+    model,
+    sampler: Sampler,
+    num: int | None = None,
+    target: torch.Tensor | None = None,
+    *,
+    targets: torch.Tensor | None = None,
+    alpha: Alpha = 200.0,
+    direction: int = 1,
+    scale: float = 1.0,
+    classifier: tuple[Callable, int, str] | None = None,
+    steps: int | None = None,
+    eta: float = 0.0,
+    respaced_alpha: RespacedAlpha = "same",
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    first_index: int = 0,
+    batch_size: int = 64,
+    weights: Weights = "model",
+    progress: bool = False,
+    clip_denoised: bool | None = None,
+) -> torch.Tensor:
+    """Samples (floats, (N, c, H, W)) in batches of ``batch_size``.
+
+    What to draw: ``num`` samples of one ``target`` (None for ``ddpm``/``ddim``), or one sample per row of
+    ``targets`` ((N,) class ids or (N, n) 0/1 vectors), so that one batch may hold several classes.
+
+    Noise: with ``seed``, sample ``k`` draws all its noise from its own generator seeded by ``(seed, first_index
+    + k)`` (:class:`~jointdiff.diffusion.engine.PerSampleNoise`): a sample does not depend on the batch size, the
+    classes beside it or how many processes share the work. Otherwise every draw comes from ``generator`` in
+    batch order (the reference's order).
+
+    ``steps`` respaces ``ddim`` and ``joint`` (η-DDIM on ``steps`` of the T steps; α per step by
+    ``respaced_alpha``). ``clip_denoised=None`` is each sampler's reference default: no clamping of x̂0, except
+    guidance (clamped, as guided-diffusion's ``classifier_sample.py``).
+    """
+    if targets is None:
+        if num is None:
+            raise ValueError("give num (with an optional target) or targets")
+        targets = None if target is None else target.expand(num, *target.shape)
+    else:
+        num = len(targets)
+    clip = {} if clip_denoised is None else {"clip_denoised": clip_denoised}
+    hp = model.hparams
+    net = pick_network(model, weights)
+    device = next(net.parameters()).device
+    T = model.diffusion.num_steps
+    timesteps = None if steps is None or steps == T else respaced_timesteps(T, steps)
+    out = []
+    for start in range(0, num, batch_size):
+        b = min(batch_size, num - start)
+        shape = (b, hp.channels, hp.image_size, hp.image_size)
+        noise = generator if seed is None else PerSampleNoise(seed, range(first_index + start, first_index + start + b))
+        y = None if targets is None else targets[start:start + b].to(device).clone()
+        if sampler == "ddpm":
+            x = ddpm_sample(net, model.diffusion, shape, device=device, generator=noise, progress=progress, **clip)
+        elif sampler == "ddim":
+            x_T = initial_noise(shape, noise, device)
+            x = ddim_sample(net, model.diffusion, x_T, respaced_timesteps(T, steps or T), eta=eta, generator=noise,
+                            progress=progress, **clip)
+        elif sampler == "joint":
+            x = joint_conditional_sample(net, model.diffusion, shape, y, alpha, direction=direction, task=hp.task,
+                                         device=device, generator=noise, progress=progress, timesteps=timesteps,
+                                         eta=eta, respaced_alpha=respaced_alpha, **clip)
+        elif sampler == "guidance":
+            if classifier is None:
+                raise ValueError("the guidance sampler needs --classifier (a noise-aware classifier checkpoint)")
+            fn, n, task = classifier
+            x = classifier_guided_sample(net, fn, model.diffusion, shape, y, scale, num_classes=n, task=task,
+                                         device=device, generator=noise, progress=progress, **clip)
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm, ddim, joint or guidance")
+        out.append(x)
+    return torch.cat(out)
+
+
+def check_sampler_args(model, sampler: Sampler, *, alpha: Alpha, scale: float, steps: int | None, eta: float,
+                       classifier: str | None) -> None:
+    """Reject inconsistent arguments before anything is sampled."""
+    hp = model.hparams
+    if sampler == "joint":
+        if not model.has_head:
+            raise ValueError("--sampler joint needs a joint model with a classifier head (classifier_weight > 0); "
+                             "this checkpoint is a vanilla DDPM: use --sampler guidance with a noise-aware classifier")
+        from jointdiff.diffusion.conditional import alpha_schedule
+
+        alpha_schedule(alpha, model.diffusion.num_steps)
+        if hp.get("noisy_classifier", "off") == "off":
+            print("warning: this joint model was trained without noisy classifiers (noisy_classifier=off); its head "
+                  "sees out-of-distribution features on noisy x_t, so conditional sampling is unreliable (spec §5.1)")
+    if sampler == "guidance" and classifier is None:
+        raise ValueError("--sampler guidance needs --classifier PATH (a noise-aware classifier checkpoint)")
+    if sampler == "guidance" and not scale >= 0:
+        raise ValueError(f"--scale must be >= 0, got {scale}")
+    if sampler in ("ddim", "joint"):
+        respaced_timesteps(model.diffusion.num_steps, steps or model.diffusion.num_steps)
+        if eta < 0:
+            raise ValueError(f"--eta must be >= 0, got {eta}")
+    elif steps is not None and steps != model.diffusion.num_steps:
+        raise ValueError(f"--steps applies to --sampler ddim and joint; {sampler} runs all "
+                         f"{model.diffusion.num_steps} steps (spec D22)")
+
+
+def sample(
+    checkpoint: str,
+    output: str = "samples",
+    sampler: Sampler = "joint",
+    num: int = 64,
+    classes: list[int] | None = None,
+    attributes: list[str] | None = None,
+    alpha: float | list[float] = 200.0,
+    direction: int = 1,
+    scale: float = 1.0,
+    classifier: str | None = None,
+    steps: int | None = None,
+    eta: float = 0.0,
+    respaced_alpha: RespacedAlpha = "same",
+    seed: int = 0,
+    batch_size: int | Literal["auto"] = 64,
+    weights: Weights = "model",
+    clip_denoised: bool | None = None,
+    judge: str | None = None,
+    device: str = "cpu",
+    devices: int = 1,
+    num_nodes: int = 1,
+    progress: bool = True,
+) -> dict | None:
+    """Sample from a JointDiffusion checkpoint (a joint model, or a vanilla DDPM with classifier_weight 0).
+
+    On every GPU of a machine: ``--device cuda --devices 4``; of a SLURM job: ``experiments/slurm/sample.sbatch``
+    (``--devices``/``--num_nodes`` from the allocation). The file is the same for any number of processes.
+
+    Args:
+        checkpoint: the model's ``.ckpt`` (from ``jointdiff fit``).
+        output: folder for the PNG grids, ``samples.npz`` and ``sample.json``.
+        sampler: ddpm | ddim (unconditional) | joint | guidance (conditional).
+        num: samples per requested class or attribute vector (the total for unconditional samplers).
+        classes: class ids to sample (multi-class; conditional samplers; default every class).
+        attributes: 0/1 vectors ("1,0,1,…") or text files with one vector per line (multi-label models).
+        alpha: step size α of the joint sampler: one value, or one per diffusion step (index = step).
+        direction: +1 (reference: ascent on the target-class CE, spec D11) or -1.
+        scale: gradient scale s of classifier guidance.
+        classifier: noise-aware classifier checkpoint for ``guidance``.
+        steps: respaced steps for ``ddim`` and ``joint`` (default all T; ``joint`` then runs η-DDIM on them).
+        eta: DDIM η (0 = deterministic).
+        respaced_alpha: α per step of the respaced joint sampler: ``same`` (α per network evaluation, as on the
+            full grid) or ``stride`` (α times the steps a respaced step covers); see docs/sampling.md.
+        seed: sample k draws its noise from its own generator seeded by (seed, k): the same seed gives the same
+            images for any batch size, class mix and number of processes.
+        batch_size: samples per sampler call (batches are filled across classes); ``auto`` fills the device (the
+            largest batch whose reverse step fits in GPU memory, found by doubling; 64 on CPU).
+        weights: ema | raw | model (the checkpoint's ``eval_weights``).
+        clip_denoised: clamp x̂0 to [-1, 1] at every step. Default: each sampler's reference behaviour (no clamping;
+            clamped for guidance, as guided-diffusion's ``classifier_sample.py``).
+        judge: an independent classifier checkpoint (e.g. StandaloneClassifier) to report the class hit rate.
+        device: cpu, cuda, … (with ``devices > 1``: the accelerator, ``cpu`` or ``cuda``).
+        devices: processes (GPUs) per node that share the samples; launched with Lightning Fabric (DDP). Under
+            SLURM, ``srun`` starts them (``--ntasks-per-node`` = devices).
+        num_nodes: nodes of the job.
+        progress: show progress bars.
+    """
+    if num < 1 or (batch_size != "auto" and batch_size < 1):
+        raise ValueError("--num and --batch_size must be >= 1 (or --batch_size auto)")
+    if devices < 1 or num_nodes < 1:
+        raise ValueError("--devices and --num_nodes must be >= 1")
+    fabric = launch(device, devices, num_nodes)
+    if fabric is not None:
+        device = str(fabric.device)
+    model = load_diffusion_model(checkpoint, device)
+    hp = model.hparams
+    check_sampler_args(model, sampler, alpha=alpha, scale=scale, steps=steps, eta=eta, classifier=classifier)
+    guide = None
+    if sampler == "guidance":
+        fn, n, task, clf = noisy_logits_fn(classifier, device)
+        if n != hp.num_classes or task != hp.task:
+            raise ValueError(f"classifier {classifier} has {n} {task} outputs, the model {hp.num_classes} {hp.task}")
+        if hasattr(clf, "check_matches"):
+            clf.check_matches(model.diffusion)
+        guide = (fn, n, task)
+    conditional = sampler in CONDITIONAL
+    if not conditional and (classes or attributes):
+        raise ValueError(f"--sampler {sampler} is unconditional; --classes/--attributes need joint or guidance")
+    groups = parse_targets(hp.num_classes, hp.task, classes, attributes) if conditional else [None]
+    targets = None if groups[0] is None else torch.stack([g for g in groups for _ in range(num)])
+    total = num * len(groups)
+
+    began = time.perf_counter()
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, sampler, total, groups[0], guide, weights)
+        print(f"--batch_size auto: {batch_size}")
+    kwargs = dict(alpha=alpha, direction=direction, scale=scale, classifier=guide, steps=steps, eta=eta,
+                  respaced_alpha=respaced_alpha, seed=seed, batch_size=batch_size, weights=weights,
+                  progress=progress, clip_denoised=clip_denoised)
+    x = sharded_generate(fabric, model, sampler, total, targets, **kwargs)
+    if fabric is not None and not fabric.is_global_zero:
+        return None
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"groups": []}
+    judge_fn = judge_logits_fn(judge, device) if judge else None
+    for k, target in enumerate(groups):
+        xs = x[k * num:(k + 1) * num]
+        if target is None:
+            name = "samples"
+        else:
+            name = f"class_{int(target)}" if hp.task == "multiclass" else f"attributes_{k}"
+        grid = save_grid(xs, out / f"{name}.png")
+        entry = {"name": name, "grid": str(grid), "num": len(xs)}
+        if target is not None:
+            xs_dev = xs.to(device)  # the gathered samples are on the CPU; the networks on `device`
+            y = target.expand(len(xs), *target.shape).to(device)
+            entry["target"] = target.tolist()
+            if model.has_head:
+                t0 = torch.zeros(len(xs), dtype=torch.long, device=device)
+                with torch.no_grad():
+                    head = pick_network(model, weights).classify(xs_dev, t0)
+                entry["own_head_hit_rate"] = hit_rate(head, y, hp.task)
+            if judge_fn is not None:
+                entry["judge_hit_rate"] = hit_rate(judge_fn(xs_dev), y, hp.task)
+        record["groups"].append(entry)
+        print(f"{name}: {grid}" + "".join(f"  {k}={v:.3f}" for k, v in entry.items() if k.endswith("hit_rate")))
+    npz = write_samples(out / "samples.npz", x, targets)
+    record.update(
+        checkpoint=str(checkpoint), sampler=sampler, num=num, seed=seed, seeding="per sample: (seed, index)",
+        weights=weights, npz=str(npz), batch_size=batch_size, clip_denoised=clip_denoised,
+        alpha=alpha if sampler == "joint" else None, direction=direction if sampler == "joint" else None,
+        scale=scale if sampler == "guidance" else None, classifier=classifier, judge=judge,
+        steps=steps if sampler in ("ddim", "joint") and steps else model.diffusion.num_steps,
+        eta=eta if sampler == "ddim" or (sampler == "joint" and steps) else None,
+        respaced_alpha=respaced_alpha if sampler == "joint" and steps else None,
+        processes=1 if fabric is None else fabric.world_size, seconds=time.perf_counter() - began,
+    )
+    if judge_fn is not None and targets is not None:
+        record["judge_hit_rate"] = float(np.mean([g["judge_hit_rate"] for g in record["groups"]]))
+    atomic_write_json(record, out / "sample.json")
+    print(f"wrote {npz} and {out / 'sample.json'}")
+    return record
