@@ -127,8 +127,8 @@ def semi_table() -> str:
             cells = []
             for s in SEMI_STEPS:
                 accs = [r["test"][str(s)]["acc_ema"] for r in found]
-                std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-                cells.append(f"{statistics.mean(accs):.4f} ± {std:.4f}")
+                spread = f" ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else " (one seed)"
+                cells.append(f"{statistics.mean(accs):.4f}{spread}")
             rows.append(f"| {budget} | {model} | " + " | ".join(cells) + f" | {len(found)} |")
     return "\n".join(rows)
 
