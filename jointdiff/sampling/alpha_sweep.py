@@ -17,10 +17,10 @@ from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import RespacedAlpha
 from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.files import atomic_write_json
-from jointdiff.sampling.distributed import launch, sharded_generate
+from jointdiff.sampling.distributed import sharded_generate
 from jointdiff.sampling.files import write_samples
 from jointdiff.sampling.generate import check_sampler_args
-from jointdiff.sampling.loading import load_diffusion_model, pick_network
+from jointdiff.sampling.loading import load_on_processes, pick_network
 
 Features = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] → (B, D)
 Logits = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] → (B, n)
@@ -214,10 +214,8 @@ def alpha_sweep(
         raise ValueError("--num_per_class must be >= 1")
     if (features is None) != (data is None):
         raise ValueError("FID and precision/recall need both --features and --data (the real images)")
-    fabric = launch(device, devices, num_nodes)
-    if fabric is not None:
-        device = str(fabric.device)
-    model = load_diffusion_model(checkpoint, device)
+    fabric, model = load_on_processes(checkpoint, device, devices, num_nodes)
+    device = str(model.device)
     hp = model.hparams
     if hp.task != "multiclass":
         raise ValueError("alpha-sweep samples per class; multi-label models are not supported by this command")

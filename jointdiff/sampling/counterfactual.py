@@ -14,8 +14,8 @@ from jointdiff.diffusion.conditional import alpha_schedule, counterfactual, nois
 from jointdiff.diffusion.engine import PerSampleNoise
 from jointdiff.diffusion.targets import check_targets
 from jointdiff.files import atomic_write_json
-from jointdiff.sampling.distributed import launch, shard
-from jointdiff.sampling.loading import judge_logits_fn, load_diffusion_model, pick_network
+from jointdiff.sampling.distributed import shard
+from jointdiff.sampling.loading import judge_logits_fn, load_on_processes, pick_network
 
 
 def load_image_files(files: list[str], channels: int, image_size: int) -> torch.Tensor:
@@ -206,10 +206,8 @@ def run_counterfactual(
     noise_steps(noise_fraction, 2)  # range check before anything is loaded
     if (files is None) == (data is None):
         raise ValueError("give exactly one of --data (with --split/--indices) or --files")
-    fabric = launch(device, devices, num_nodes)
-    if fabric is not None:
-        device = str(fabric.device)
-    model = load_diffusion_model(checkpoint, device)
+    fabric, model = load_on_processes(checkpoint, device, devices, num_nodes)
+    device = str(model.device)
     hp = model.hparams
     if not model.has_head:
         raise ValueError(f"{checkpoint} has no classifier head (classifier_weight=0): counterfactuals need a "

@@ -20,9 +20,15 @@ from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_grad
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.files import atomic_write_json
-from jointdiff.sampling.distributed import launch, sharded_generate
+from jointdiff.sampling.distributed import sharded_generate
 from jointdiff.sampling.files import write_samples
-from jointdiff.sampling.loading import Weights, judge_logits_fn, load_diffusion_model, noisy_logits_fn, pick_network
+from jointdiff.sampling.loading import (
+    Weights,
+    judge_logits_fn,
+    load_on_processes,
+    noisy_logits_fn,
+    pick_network,
+)
 
 Sampler = Literal["ddpm", "ddim", "joint", "guidance"]
 CONDITIONAL = ("joint", "guidance")
@@ -286,10 +292,8 @@ def sample(
         raise ValueError("--num and --batch_size must be >= 1 (or --batch_size auto)")
     if devices < 1 or num_nodes < 1:
         raise ValueError("--devices and --num_nodes must be >= 1")
-    fabric = launch(device, devices, num_nodes)
-    if fabric is not None:
-        device = str(fabric.device)
-    model = load_diffusion_model(checkpoint, device)
+    fabric, model = load_on_processes(checkpoint, device, devices, num_nodes)
+    device = str(model.device)
     hp = model.hparams
     check_sampler_args(model, sampler, alpha=alpha, scale=scale, steps=steps, eta=eta, classifier=classifier)
     guide = None

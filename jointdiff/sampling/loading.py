@@ -20,6 +20,15 @@ def load_diffusion_model(checkpoint: str, device: str = "cpu"):
     return load_model(checkpoint, expected=JointDiffusion, map_location=device).to(device)
 
 
+def load_on_processes(checkpoint: str, device: str = "cpu", devices: int = 1, num_nodes: int = 1):
+    """``(fabric, model)``: launch the processes a command shares its work over (None for one process,
+    :func:`jointdiff.sampling.distributed.launch`) and load the model on this process's device."""
+    from jointdiff.sampling.distributed import launch
+
+    fabric = launch(device, devices, num_nodes)
+    return fabric, load_diffusion_model(checkpoint, str(fabric.device) if fabric is not None else device)
+
+
 def pick_network(model, weights: Weights = "model"):
     """The network to sample with: ``ema``, ``raw`` or ``model`` (the checkpoint's own ``eval_weights``)."""
     if weights == "model":
