@@ -6,9 +6,9 @@ the domain-adaptation table and the α sweep with an independent judge, each as 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts respaced   # docs/sampling.md
 
 Every run is a ``jointdiff fit`` of a config under ``configs/evidence/`` (or the domain-adaptation and α-sweep
-scripts); a finished run leaves ``runs/evidence/<part>/results/<run>.json`` and is skipped the next time, so the
-script resumes where it stopped and parts can be run on different days. ``--render`` only rewrites the tables
-from the results present. The design of each experiment is fixed in its config and here, before any number is read:
+scripts); a finished run leaves ``experiments/results/<part>/<run>.json`` (committed: run folders under ``runs/``
+are not, and do not outlive their machine) and is skipped the next time, so the script resumes where it stopped
+and parts can be run on different days. ``--render`` only rewrites the tables from the results present. The design of each experiment is fixed in its config and here, before any number is read:
 
 - **semi**: Fashion-MNIST, 54,000 training images (10% held out), labels kept for 1% (540, uniform, seeded) or
   100 per class (1,000); seeds 0, 1, 2 (the seed of the run and of the label draw). Joint model
@@ -41,6 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = Path("runs/evidence")
+RESULTS = REPO / "experiments" / "results"  # one JSON per finished run, committed with the docs they fill
 RESULTS_MD = REPO / "docs" / "results.md"
 FIGURES = REPO / "docs" / "figures"
 JOINTDIFF = [sys.executable, "-m", "jointdiff.cli"]
@@ -65,7 +66,7 @@ def slug(text: str) -> str:
 
 
 def results_path(part: str, name: str) -> Path:
-    return RUNS / part / "results" / f"{slug(name)}.json"
+    return RESULTS / part / f"{slug(name)}.json"
 
 
 def save(path: Path, data: dict) -> None:
@@ -120,7 +121,7 @@ def semi_table() -> str:
             "|---|---|" + "---:|" * len(SEMI_STEPS) + "---:|"]
     for budget in SEMI_BUDGETS:
         for model in SEMI_MODELS:
-            found = [json.loads(p.read_text()) for p in sorted((RUNS / "semi" / "results").glob(
+            found = [json.loads(p.read_text()) for p in sorted((RESULTS / "semi").glob(
                 f"{slug(f'{model}_{budget}')}_s*.json"))]
             if not found:
                 continue
@@ -179,7 +180,7 @@ def da_table() -> str:
     rows = ["| pair | seed | joint: source test (EMA) | joint: target before, EMA / raw | "
             "joint: target after, EMA / raw | classifier: source test (EMA) | classifier: target, EMA / raw |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    for path in sorted((RUNS / "da" / "results").glob("*.json")):
+    for path in sorted((RESULTS / "da").glob("*.json")):
         r = json.loads(path.read_text())
         b, a, c = r["target_test_before"], r["target_test_after"], r["source_only_classifier"]
         rows.append(f"| {r['pair']} | {r['seed']} | {r['source_test']['acc_ema']:.4f} | "
@@ -244,7 +245,7 @@ def respaced(checkpoint: str) -> None:
 
 
 def respaced_table() -> str:
-    found = sorted((RUNS / "respaced" / "results").glob("*.json")) if (RUNS / "respaced").is_dir() else []
+    found = sorted((RESULTS / "respaced").glob("*.json"))
     if not found:
         return ""
     rows = ["| steps | α rule | α | judge hit rate | own-head hit rate | FD (judge features) | precision | recall "
