@@ -4,14 +4,14 @@
         --checkpoint runs/.../last.ckpt --output runs/alpha_sweep_fmnist --alphas 0 50 200 500 1000 \\
         --num_per_class 20 --flip_alphas 200
 
-The judge is independent of the joint model: a LeNet-5 (spec §10's architecture) trained here on the
+The judge is independent of the joint model: a LeNet-5 (docs/design.md §10's architecture) trained here on the
 Fashion-MNIST training split for ``--judge_epochs`` epochs (its test accuracy is printed and recorded); its 84-d
 penultimate features (before ReLU, as the reference's LeNet feature model) give FID and PRD precision/recall
 against ``--num_real`` test images. These are *LeNet-feature* scores, not Inception FID (the Inception weights
 are not available offline), so they are comparable only within this run.
 
 Every α starts from the same noise (same seed), so α=0 is exactly unconditional sampling of the same chains.
-``--flip_alphas`` adds rows at those α with direction −1 (D11: the spec expects flipping the reference's sign
+``--flip_alphas`` adds rows at those α with direction −1 (D11: flipping the reference's sign is expected
 to lower the hit rate). Writes the table/plot of :mod:`jointdiff.sampling.alpha_sweep` plus ``judge.json``.
 """
 

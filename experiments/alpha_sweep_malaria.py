@@ -1,4 +1,4 @@
-"""MALARIA counterfactuals (spec §6, D18) over α: how often does the counterfactual reach the other class?
+"""MALARIA counterfactuals (docs/design.md §6, D18) over α: how often does the counterfactual reach the other class?
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/alpha_sweep_malaria.py \\
         --checkpoint runs/malaria/joint_counterfactual_quick/checkpoints/last.ckpt --output runs/cf_sweep_malaria \\

@@ -1,5 +1,5 @@
-"""Cost of one reverse step and of 10k samples: ancestral DDPM, DDIM, joint conditional (spec §5.1) on all T steps
-and on a respaced grid (η-DDIM, issue 15), and classifier guidance (§5.3); every step is one step of the engine
+"""Cost of one reverse step and of 10k samples: ancestral DDPM, DDIM, joint conditional (docs/design.md §5.1) on all T
+steps and on a respaced grid (η-DDIM, issue 15), and classifier guidance (§5.3); every step is one step of the engine
 (``jointdiff.diffusion.engine.reverse_process``) as the samplers run it. ``--phases`` also splits the joint step
 into its parts (encoder pass with a graph, head, backward to the features, decoder pass) against the unconditional
 step's encoder and decoder passes, to show where its extra cost lies.

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 CONFIGS = {
-    # name: (image_size, channels, model_channels, classes, T) — the paper configurations (spec §2.1, §4.4, D1)
+    # name: (image_size, channels, model_channels, classes, T) — the paper's (docs/design.md §4.4, D1)
     "fmnist": (28, 1, 64, 10, 500),
     "cifar": (32, 3, 128, 10, 1000),
     "celeba": (64, 3, 128, 40, 1000),

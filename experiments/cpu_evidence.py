@@ -8,7 +8,8 @@ the domain-adaptation table and the α sweep with an independent judge, each as 
 Every run is a ``jointdiff fit`` of a config under ``configs/evidence/`` (or the domain-adaptation and α-sweep
 scripts); a finished run leaves ``experiments/results/<part>/<run>.json`` (committed: run folders under ``runs/``
 are not, and do not outlive their machine) and is skipped the next time, so the script resumes where it stopped
-and parts can be run on different days. ``--render`` only rewrites the tables from the results present. The design of each experiment is fixed in its config and here, before any number is read:
+and parts can be run on different days. ``--render`` only rewrites the tables from the results present. The
+design of each experiment is fixed in its config and here, before any number is read:
 
 - **semi**: Fashion-MNIST, 54,000 training images (10% held out), labels kept for 1% (540, uniform, seeded) or
   100 per class (1,000); seeds 0, 1, 2 (the seed of the run and of the label draw). Joint model

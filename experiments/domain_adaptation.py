@@ -1,4 +1,4 @@
-"""Domain adaptation with the joint model (spec §8): target test accuracy before and after adapting.
+"""Domain adaptation with the joint model (docs/design.md §8): target test accuracy before and after adapting.
 
 Stage 1 trains the joint model on the labelled source (``data.stage: source``); its target test accuracy is the
 "before" number. Stage 2 loads those weights (``model.init_from``) and continues with the diffusion loss only on the

@@ -1,4 +1,4 @@
-"""The stand-alone classifier baseline (spec §9, D13): encoder-only network, CE only, −1 labels ignored."""
+"""The stand-alone classifier baseline (docs/design.md §9, D13): encoder-only network, CE only, −1 labels ignored."""
 
 from __future__ import annotations
 

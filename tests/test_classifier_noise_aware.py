@@ -1,4 +1,4 @@
-"""The noise-aware classifier of classifier guidance (spec §5.3, D12) and its ADM half-UNet."""
+"""The noise-aware classifier of classifier guidance (docs/design.md §5.3, D12) and its ADM half-UNet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Joint conditional sampler (spec §5.1): feature updates = total derivatives, α=0 = unconditional, argument checks."""
+"""Joint conditional sampler (docs/design.md §5.1): feature updates = total derivatives, α=0 = unconditional,
+argument checks."""
 
 from __future__ import annotations
 

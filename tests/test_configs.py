@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 FRAGMENT_DIRS = (CONFIGS / "base", CONFIGS / "paper")
 
-# UNet parameter counts measured on the authors' model (spec §13): the paper fragments must build exactly these.
+# UNet parameter counts measured on the authors' model: the paper fragments must build exactly these.
 SPEC_UNET_PARAMS = {"fashion_mnist": 8_799_105, "svhn": 52_542_979, "cifar10": 52_542_979, "cifar100": 52_542_979,
                     "celeba": 121_060_483, "malaria": 121_060_483}
 METHOD_CLASS = {"joint": "JointDiffusion", "joint_noisy": "JointDiffusion", "ddpm": "JointDiffusion",
@@ -177,7 +177,7 @@ BUILT_RUNS = representative(PAPER_RUNS)
 
 def check_paper_run(run: paper.PaperRun, tiny_ddpm) -> None:
     """Each training run of the manifest, at the paper's budget: the model class and data are the ones the entry
-    names, the architecture carried from the dataset fragment is the paper's (spec §13 parameter counts), the
+    names, the architecture carried from the dataset fragment is the paper's (the reference's parameter counts), the
     budget is the fragment's, and the run folder is the manifest's."""
     extra = run.fit_args(quick=False, root="runs")[2 * len(run.configs):]
     extra = [a for a in extra if not a.startswith(("--model.init_args.checkpoint=",))]

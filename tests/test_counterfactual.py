@@ -1,4 +1,5 @@
-"""Counterfactuals (spec §6): noise fraction 0 returns the image, the noising/denoising schedule, the command."""
+"""Counterfactuals (docs/design.md §6): noise fraction 0 returns the image, the noising/denoising schedule,
+the command."""
 
 from __future__ import annotations
 

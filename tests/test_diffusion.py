@@ -1,4 +1,4 @@
-"""Diffusion math against float64 closed forms computed independently here (spec §3)."""
+"""Diffusion math against float64 closed forms computed independently here (docs/design.md §3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""JointDiffusion's objective (spec §4), the noisy-classifier modes (D4), EMA, and input validation."""
+"""JointDiffusion's objective (docs/design.md §4), the noisy-classifier modes (D4), EMA, and input validation."""
 
 import lightning as L
 import pytest

@@ -1,4 +1,4 @@
-"""Networks against the spec's verified numbers (spec §2, §13) and the reference attention layout."""
+"""Networks against numbers measured on the authors' model (docs/design.md §2) and the reference attention layout."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# (image_size, channels, C, classes, UNet params, head params, F, skips) — spec §13, measured on the reference.
+# (image_size, channels, C, classes, UNet params, head params, F, skips) — measured on the reference.
 SPEC_13 = [
     (28, 1, 64, 10, 8_799_105, 915_276, 1344, 12),
     (32, 3, 128, 10, 52_542_979, 6_922_892, 3712, 16),

@@ -1,4 +1,5 @@
-"""The frozen-DDPM probe (spec §9, D14): the encoder never changes, never gets gradient, stays in eval mode."""
+"""The frozen-DDPM probe (docs/design.md §9, D14): the encoder never changes, never gets gradient, stays in eval
+mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Classifier guidance (spec §5.3): gradient against closed forms, scale 0 = unguided, argument checks."""
+"""Classifier guidance (docs/design.md §5.3): gradient against closed forms, scale 0 = unguided, argument checks."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Semi-supervised labels (seeded subsets, class balance, −1 for the rest) and the labelled-example buffer of the
-joint model (spec §7): the classifier term is released exactly when B labelled examples have accumulated, it is the
-plain cross-entropy of those examples, and the steps in between contribute zero gradient."""
+joint model (docs/design.md §7): the classifier term is released exactly when B labelled examples have accumulated,
+it is the plain cross-entropy of those examples, and the steps in between contribute zero gradient."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_training_releases_the_classifier_term_as_the_buffer_rule_predicts(tmp_p
     trainer = L.Trainer(max_steps=24, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[counts], limit_val_batches=0)
     trainer.fit(model, dm)
-    # independent simulation of spec §7 on the batches the model saw
+    # independent simulation of docs/design.md §7 on the batches the model saw
     held, releases = 0, 0
     for n in counts.counts:
         if n == 8:

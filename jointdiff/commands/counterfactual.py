@@ -1,4 +1,4 @@
-"""``jointdiff counterfactual``: visual counterfactual explanations with a joint model (spec §6, D18).
+"""``jointdiff counterfactual``: visual counterfactual explanations with a joint model (docs/design.md §6, D18).
 
     jointdiff counterfactual --checkpoint runs/malaria/.../last.ckpt \\
         --data MalariaDataModule --data.image_size 32 --split test --indices [0,1,2,3] --alpha 200

@@ -1,4 +1,4 @@
-"""``jointdiff interpolate``: PDAE interpolation between pairs of real images (pdae.md §5.5).
+"""``jointdiff interpolate``: PDAE interpolation between pairs of real images (docs/design.md §13.3).
 
     jointdiff interpolate --checkpoint runs/.../last.ckpt --data FashionMNISTDataModule --pairs 4 --num_lambdas 11
 

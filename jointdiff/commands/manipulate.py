@@ -2,12 +2,12 @@
 
     jointdiff manipulate --checkpoint runs/.../last.ckpt --data FashionMNISTDataModule --target 7
 
-1. Linear probe (pdae.md §6, "ours, Diff-AE-style"): z of the train, val and test splits from the EMA encoder
+1. Linear probe (docs/design.md §13.4, "ours, Diff-AE-style"): z of the train, val and test splits from the EMA encoder
    (no augmentation), standardised with the train statistics; ``Linear(d_z, K)`` trained with CE (BCE for
    multi-label) by Adam 1e-3 at batch 256, the epoch chosen on val; test accuracy (and mean AUROC for
    multi-label) over ``--probe_seeds`` seeds, mean ± std.
-2. Manipulation (pdae.md §5.7): for ``--num_images`` images, x_T is inverted with the unedited z and decoded with
-   ``z' = z + s·√d_z·d`` in standardised z space, ``d`` the first seed's probe direction for ``--target``
+2. Manipulation (docs/design.md §13.3): for ``--num_images`` images, x_T is inverted with the unedited z and decoded
+   with ``z' = z + s·√d_z·d`` in standardised z space, ``d`` the first seed's probe direction for ``--target``
    (an attribute's weight row; for classes ``w_k − mean_j w_j``). Multi-class images are drawn from the other
    classes. The edit's effect is measured by re-encoding the decoded images and asking the same probe whether
    they now show the target (the "hit rate" per scale).

@@ -5,8 +5,8 @@
     jointdiff sample --checkpoint ddpm.ckpt --sampler ddim --steps 50 --num 256
 
 Samplers: ``ddpm`` (ancestral, all T steps, unconditional), ``ddim`` (``--steps`` respaced steps, ``--eta``),
-``joint`` (the joint model's conditional sampler, spec §5.1, needs a head: α, direction) and ``guidance``
-(Dhariwal & Nichol with an external noise-aware classifier, spec §5.3: scale s). Writes into ``--output``:
+``joint`` (the joint model's conditional sampler, docs/design.md §5.1, needs a head: α, direction) and ``guidance``
+(Dhariwal & Nichol with an external noise-aware classifier, docs/design.md §5.3: scale s). Writes into ``--output``:
 ``class_<k>.png`` grids (one per requested class or attribute vector; ``samples.png`` when unconditional),
 ``samples.npz`` (``arr_0`` uint8 (N, H, W, c) as guided-diffusion's scripts write, ``arr_1`` the requested
 targets) and ``sample.json`` (arguments, paths, class hit rates).

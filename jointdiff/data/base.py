@@ -5,7 +5,7 @@ model. Images are served as float tensors in [-1, 1] (the reference's normalisat
 
 A subclass only says where its files are and how to parse them (:meth:`ImageDataModule.load_splits`); this base
 holds out the validation part of the training split, checks shapes and labels against the declared
-``image_size/channels/num_classes``, and hides labels for semi-supervised training (spec §7).
+``image_size/channels/num_classes``, and hides labels for semi-supervised training (docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class ImageDataModule(L.LightningDataModule):
     is held out with a fixed seed, as the reference does without ``eval_on_test_set``; the official test split
     is only used by ``test``. Per-dataset exceptions are in ``docs/data.md``.
 
-    Semi-supervised training (spec §7, decision D17): ``labelled_fraction`` (in (0, 1]) or
+    Semi-supervised training (docs/design.md §7, decision D17): ``labelled_fraction`` (in (0, 1]) or
     ``labelled_per_class`` keeps the labels of a seeded subset of the training part (after the validation
     hold-out); every other training example stays in with label −1 (``UNLABELLED``). ``class_balanced`` draws
     the same number from every class; the default is a uniform draw, as the reference (which leaves it unseeded).
@@ -174,8 +174,8 @@ class ImageDataModule(L.LightningDataModule):
 
     ``semi_supervised_mode`` says how the labelled images reach the classifier term:
 
-    - ``buffer`` (the reference, spec §7): one shuffled stream of all training images; the labelled ones of each
-      batch are collected until a full classifier batch is there (at 1% labels: about once per 100 steps).
+    - ``buffer`` (the reference, docs/design.md §7): one shuffled stream of all training images; the labelled ones of
+      each batch are collected until a full classifier batch is there (at 1% labels: about once per 100 steps).
     - ``stream`` (the semi-supervised literature's standard): a second, labelled stream, its own shuffled loader
       over the labelled subset (cycled), beside the stream of all images; every training batch is then
       ``{"images": (x, y), "labelled": (x_l, y_l)}`` with a full labelled batch of ``batch_size`` every step

@@ -1,4 +1,5 @@
-"""Domain-adaptation pairs (spec §8): MNIST→USPS and USPS→MNIST at 28 px gray, SVHN→MNIST with MNIST at 32 px ×3.
+"""Domain-adaptation pairs (docs/design.md §8): MNIST→USPS and USPS→MNIST at 28 px gray, SVHN→MNIST with MNIST at
+32 px ×3.
 
 :func:`domain_adaptation_pair` returns the two DataModules (source, target) with matching shapes.
 :class:`DomainAdaptationDataModule` is what a config trains on, one ``stage`` at a time:
@@ -45,7 +46,7 @@ def domain_adaptation_pair(
     target_root: str | None = None,
     **common,
 ) -> tuple[ImageDataModule, ImageDataModule]:
-    """(source, target) DataModules of one of the paper's pairs, at the shapes of spec §8. ``common`` goes to
+    """(source, target) DataModules of one of the paper's pairs, at the shapes of docs/design.md §8. ``common`` goes to
     both (batch_size, val_fraction, split_seed, download, …)."""
     if (source, target) not in PAIRS:
         choices = ", ".join(f"{s}→{t}" for s, t in PAIRS)

@@ -9,7 +9,7 @@ from jointdiff.data.idx import IdxDataModule
 
 class MNISTDataModule(IdxDataModule):
     """MNIST: 60k train / 10k test, 28×28 gray, 10 classes. ``image_size=32, channels=3, upscale="resize"`` is
-    the reference's ``MNIST32`` (the SVHN→MNIST target, spec §1/§8)."""
+    the reference's ``MNIST32`` (the SVHN→MNIST target, docs/design.md §1/§8)."""
 
     name = "MNIST"
     tv_class = torchvision.datasets.MNIST

@@ -1,4 +1,4 @@
-"""Semi-supervised labels (spec §7, decision D17) and the labelled-example buffer of the joint model.
+"""Semi-supervised labels (docs/design.md §7, decision D17) and the labelled-example buffer of the joint model.
 
 Unlabelled examples carry the label ``UNLABELLED`` (−1), the reference's convention; for multi-label targets the
 whole attribute row is −1. The diffusion loss uses every image; only the classifier needs labels.
@@ -86,7 +86,7 @@ def hide_labels(targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 class LabelledBuffer:
-    """Clean labelled examples held back until a full classifier batch is available (spec §7).
+    """Clean labelled examples held back until a full classifier batch is available (docs/design.md §7).
 
     Per step with ``B`` examples of which the labelled ones are ``(x, y)``: if the buffer and the new labelled
     examples together reach ``B``, :meth:`push` returns all of them (≥ ``B`` examples) and empties the buffer;

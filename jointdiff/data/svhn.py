@@ -36,7 +36,7 @@ def read_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class SVHNDataModule(ImageDataModule):
-    """SVHN: 73,257 train / 26,032 test, 32×32×3, 10 classes. The ``extra`` split is not used (spec §1)."""
+    """SVHN: 73,257 train / 26,032 test, 32×32×3, 10 classes. The ``extra`` split is not used (docs/design.md §1)."""
 
     name = "SVHN"
     env_subdir = "svhn"

@@ -1,4 +1,4 @@
-"""Joint conditional sampling ("Algorithm 1", spec §5.1) and visual counterfactuals (spec §6).
+"""Joint conditional sampling ("Algorithm 1", docs/design.md §5.1) and visual counterfactuals (docs/design.md §6).
 
 At every reverse step ``i = T−1 … 0`` the encoder outputs of the current noisy image, the middle output ``m`` and
 every skip ``e_k`` (all the decoder consumes), are moved by one gradient step of the summed target-class loss
@@ -230,7 +230,7 @@ def counterfactual(
     progress: bool = False,
     on_step: StepCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual counterfactual of real images (spec §6): diffuse ``x0`` forward ``n = round(f·T)`` steps with
+    """Visual counterfactual of real images (docs/design.md §6): diffuse ``x0`` forward ``n = round(f·T)`` steps with
     ``q(x_{n−1} | x0)``, then run the conditional sampler toward ``targets`` from there.
 
     Returns ``(noised, counterfactual)``, both (B, c, H, W); f=0 returns copies of ``x0``. The forward noise is

@@ -7,7 +7,7 @@ configuration of it:
 ===========================  ===================================================================================
 sampler                      configuration
 ===========================  ===================================================================================
-DDPM (ancestral, spec §3)    ``update="ddpm"``, timesteps ``0…T−1`` (or ``0…n−1`` from an intermediate level)
+DDPM (ancestral, docs/design.md §3)    ``update="ddpm"``, timesteps ``0…T−1`` (or ``0…n−1`` from an intermediate level)
 DDIM (η)                     ``update="ddim"``, any ascending grid (e.g. ``ddim.respaced_timesteps``)
 joint conditional (Alg. 1)   a :class:`FeatureSteer` hook on a :class:`SplitDenoiser` (the UNet's encoder/decoder),
                              with either update; on a respaced grid this is new (see :mod:`.conditional`)

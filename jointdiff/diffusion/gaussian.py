@@ -1,4 +1,4 @@
-"""Gaussian diffusion with ε-prediction and fixed-large variance (spec §3).
+"""Gaussian diffusion with ε-prediction and fixed-large variance (docs/design.md §3).
 
 ``GaussianDiffusion`` only holds the schedule tables (float64 masters, float32 device copies as non-persistent
 buffers so they follow the model to its device without entering checkpoints). Every method is a pure function
@@ -81,7 +81,7 @@ class GaussianDiffusion(nn.Module):
     def p_mean(
         self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip_denoised: bool = False
     ) -> torch.Tensor:
-        """Mean of ``p(x_{t-1} | x_t)`` given the predicted noise; x̂0 unclipped by default (spec §3)."""
+        """Mean of ``p(x_{t-1} | x_t)`` given the predicted noise; x̂0 unclipped by default (docs/design.md §3)."""
         x0 = self.predict_x0(x_t, t, eps)
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)

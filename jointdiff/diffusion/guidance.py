@@ -1,4 +1,4 @@
-"""Classifier guidance (Dhariwal & Nichol 2021), the baseline of the paper's Table 2 (spec §5.3, D12).
+"""Classifier guidance (Dhariwal & Nichol 2021), the baseline of the paper's Table 2 (docs/design.md §5.3, D12).
 
 An external noise-aware classifier ``logits_fn(x_t, t)`` shifts the mean of every ancestral step::
 

@@ -1,5 +1,5 @@
-"""The unconditional ancestral sampler (spec §3), a configuration of the engine's ``reverse_process``, and the one
-float → uint8 converter of saved samples."""
+"""The unconditional ancestral sampler (docs/design.md §3), a configuration of the engine's ``reverse_process``, and the
+one float → uint8 converter of saved samples."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def ddpm_sample(
     clip_denoised: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Ancestral sampling over all T steps from ``x_{T-1} ~ N(0, I)`` (spec §3). Returns unclipped floats.
+    """Ancestral sampling over all T steps from ``x_{T-1} ~ N(0, I)`` (docs/design.md §3). Returns unclipped floats.
 
     With the same ``generator`` state the result is deterministic: the initial noise and every step's noise are
     drawn from it in a fixed order.

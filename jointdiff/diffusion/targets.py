@@ -39,7 +39,7 @@ def check_targets(targets: torch.Tensor, num_outputs: int, task: str, batch: int
 
 def target_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
     """``Σ_b CE(logits_b, y_b)`` (multiclass) or ``Σ_{b,a} BCE-with-logits`` (multilabel): summed, so each sample's
-    gradient is its own (spec §5.1). ``−target_loss`` is ``Σ_b log p(y_b | x_b)``, the guidance objective."""
+    gradient is its own (docs/design.md §5.1). ``−target_loss`` is ``Σ_b log p(y_b | x_b)``, the guidance objective."""
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="sum")
     return F.cross_entropy(logits, targets, reduction="sum")

@@ -15,8 +15,8 @@ from jointdiff.metrics.extractors import ClassifierFeatures, Convention, check_c
 
 
 def accuracy_metrics(task: str, num_classes: int) -> MetricCollection:
-    """``acc``: top-1 accuracy (multi-class) or mean per-attribute accuracy, logit > 0 ⇒ 1 (multi-label, spec §10);
-    multi-label adds ``acc_per_attribute`` ((num_classes,) tensor)."""
+    """``acc``: top-1 accuracy (multi-class) or mean per-attribute accuracy, logit > 0 ⇒ 1 (multi-label,
+    docs/design.md §10); multi-label adds ``acc_per_attribute`` ((num_classes,) tensor)."""
     if task == "multiclass":
         return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
     if task == "multilabel":

@@ -9,7 +9,7 @@ and return ``(B, D)`` float32 features. Each applies one of the two input conven
     is torch-fidelity's path (the one torchmetrics uses): TF1-exact bilinear resize of the uint8 image to 299 and
     ``(u − 128)/128``; this is what "FID" means in the literature.
 ``reference``
-    What the authors' code feeds (spec §10): the unclipped float image, for Inception resized with
+    What the authors' code feeds (docs/design.md §10): the unclipped float image, for Inception resized with
     ``F.interpolate(bilinear, align_corners=False)`` to 299 and mapped by ``2x − 1`` (so the network sees
     [-3, 1]); for the classifier the unclipped floats as they are. Use it to compare with the paper's numbers.
 
@@ -174,7 +174,8 @@ class InceptionFeatures(FeatureExtractor):
         if convention == "standard":
             (features,) = self.net(quantize_uint8(images))  # torch-fidelity's own forward, bit for bit
             return features.float()
-        # The authors' pytorch-fid port (spec §10): resize the float image, then 2x − 1 on data already in [-1, 1].
+        # The authors' pytorch-fid port (docs/design.md §10): resize the float image, then 2x − 1 on data already in
+        # [-1, 1].
         x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
         return self.pool3(2 * x - 1).float()
 
@@ -190,8 +191,8 @@ class ClassifierFeatures(FeatureExtractor):
     """A classifier trained by this project (``jointdiff fit`` with a classifier config), loaded from its checkpoint.
 
     Works offline, for any data the classifier was trained on. Features for FID and precision/recall are the pooled
-    encoder representation ``z = [GAP(m), GAP(e_1), …]`` (spec §2.2, dimension F) at step index 0; ``logits`` gives
-    the head's outputs (the class hit rate). We use ``z`` rather than a head layer because it is defined for every
+    encoder representation ``z = [GAP(m), GAP(e_1), …]`` (docs/design.md §2.2, dimension F) at step index 0; ``logits``
+    gives the head's outputs (the class hit rate). We use ``z`` rather than a head layer because it is defined for every
     checkpoint of the project, does not pass through the head's dropout/BatchNorm, and is the representation the
     paper studies. The weights are the module's ``eval_network`` (its EMA copy by default), else ``network``.
 

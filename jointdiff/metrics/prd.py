@@ -1,4 +1,4 @@
-"""Precision and recall for distributions, PRD (Sajjadi et al. 2018), as the paper reports it (spec §10).
+"""Precision and recall for distributions, PRD (Sajjadi et al. 2018), as the paper reports it (docs/design.md §10).
 
 Protocol (the authors' ``evaluations/prd.py``, Google's reference implementation):
 

@@ -1,7 +1,7 @@
 """``StandaloneClassifier``: the joint model's encoder and pooled head trained with cross-entropy only.
 
-The "Classifier" row of the paper's Tables 1, 5 and 6 (spec §9). The reference trains it as the joint model with
-``L_diff·0 + 0.001·CE``; we follow decision D13 instead: CE weight 1.0 (Adam is nearly scale invariant, so the two
+The "Classifier" row of the paper's Tables 1, 5 and 6 (docs/design.md §9). The reference trains it as the joint model
+with ``L_diff·0 + 0.001·CE``; we follow decision D13 instead: CE weight 1.0 (Adam is nearly scale invariant, so the two
 differ only through AdamW's ε) and the UNet decoder is not built, since it would receive zero gradient anyway.
 The classifier sees the clean, augmented image at step index 0, exactly the joint model's classifier pass.
 
@@ -30,14 +30,14 @@ from jointdiff.nn.unet import UNet
 
 Task = Literal["multiclass", "multilabel"]
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Mean CE (multi-class) or mean BCE-with-logits over batch × attributes (multi-label, spec §4.3)."""
+    """Mean CE (multi-class) or mean BCE-with-logits over batch × attributes (multi-label, docs/design.md §4.3)."""
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, y.float())
     return F.cross_entropy(logits, y)
 
 
 def accuracy_metric(num_classes: int, task: str) -> torchmetrics.Metric:
-    """Top-1 accuracy, or mean per-attribute accuracy with logit > 0 ⇒ 1 for multi-label (spec §4.3, §10)."""
+    """Top-1 accuracy, or mean per-attribute accuracy with logit > 0 ⇒ 1 for multi-label (docs/design.md §4.3, §10)."""
     if task == "multilabel":
         return torchmetrics.classification.MultilabelAccuracy(num_labels=num_classes, average="macro")
     return torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")

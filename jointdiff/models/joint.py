@@ -1,7 +1,7 @@
 """``JointDiffusion``: one UNet trained for denoising and, through its pooled encoder features, classification.
 
-Objective per batch (spec §4.1): ``L = L_diff + λ·L_cls``, both reduced by means. ``λ = 0`` removes the head and
-gives the vanilla DDPM of the paper's tables.
+Objective per batch (docs/design.md §4.1): ``L = L_diff + λ·L_cls``, both reduced by means. ``λ = 0`` removes the head
+and gives the vanilla DDPM of the paper's tables.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             always logged (D6: the reference evaluates raw weights; we default to EMA and keep raw visible).
         skip_classifier_loss: drop ``L_cls`` while keeping (and evaluating) the head, whose parameters are frozen
             and never run in training, so its BatchNorm statistics stay as loaded: domain-adaptation stage 2
-            (spec §8, the reference's ``skip_classifier_loss``).
+            (docs/design.md §8, the reference's ``skip_classifier_loss``).
         init_from: a jointdiff checkpoint whose ``network`` and ``ema`` weights initialise this model when it is
             set up (once), e.g. stage 1 of a domain-adaptation run. The architecture must match exactly.
             A ``--ckpt_path`` resume still overrides it.
@@ -79,8 +79,8 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             shared draw instead of two independent ones); with dropout 0 the loss and gradients are the plain
             path's (``tests/test_shared_encoder_pass.py``). Saves one encoder forward and backward per step.
 
-    Semi-supervised batches (labels −1, spec §7), ``semi_supervised_mode=buffer`` of the DataModule (the reference):
-    the diffusion loss uses every image; the labelled ones go through
+    Semi-supervised batches (labels −1, docs/design.md §7), ``semi_supervised_mode=buffer`` of the DataModule (the
+    reference): the diffusion loss uses every image; the labelled ones go through
     a buffer of capacity ``B`` (the batch size) so that ``L_cls`` is always computed on at least ``B`` labelled clean
     images (augmented, step 0; the noisy-classifier setting does not apply to them, as in the reference). On steps
     where the buffer is not yet full the head still runs on the batch with a zero loss, as the reference does, so
@@ -167,7 +167,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
 
     def _accuracy(self) -> torchmetrics.Metric:
         n = self.hparams.num_classes
-        if self.hparams.task == "multilabel":  # mean per-attribute accuracy, logit > 0 ⇒ 1 (spec §4.3)
+        if self.hparams.task == "multilabel":  # mean per-attribute accuracy, logit > 0 ⇒ 1 (docs/design.md §4.3)
             return torchmetrics.classification.MultilabelAccuracy(num_labels=n, average="macro")
         return torchmetrics.classification.MulticlassAccuracy(num_classes=n, average="micro")
 

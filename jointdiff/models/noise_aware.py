@@ -1,6 +1,6 @@
 """``NoiseAwareClassifier``: the external classifier ``p(y | x_i, i)`` of Dhariwal & Nichol's classifier guidance.
 
-The guidance baseline of the paper's Table 2 ("DDGM + classifier guidance", spec §5.3, decision D12): ADM's
+The guidance baseline of the paper's Table 2 ("DDGM + classifier guidance", docs/design.md §5.3, decision D12): ADM's
 half-UNet with attention pooling (:class:`~jointdiff.nn.encoder_unet.EncoderUNet`), trained with CE (BCE for
 multi-label data) on ``x_i ~ q(x_i | x0)`` at ``i ~ U{0…T−1}`` (guided-diffusion's ``noised=True``), AdamW 3e-4,
 no augmentation and, as ``classifier_train.py``, no EMA. Its diffusion schedule must be the guided DDPM's:

@@ -1,7 +1,7 @@
 """PDAE (Zhang, Zhao & Lin 2022): representation learning by filling a frozen pre-trained DPM's posterior-mean gap.
 
 A semantic encoder ``z = E(x0)`` and a gradient estimator ``G(x_t, z, t)`` are trained so that the shifted noise
-prediction ``ε̂ = ε_θ(x_t, t) − c_t·G`` of the frozen DPM ``ε_θ`` explains ``x0`` better (pdae.md §4)::
+prediction ``ε̂ = ε_θ(x_t, t) − c_t·G`` of the frozen DPM ``ε_θ`` explains ``x0`` better (docs/design.md §13.2)::
 
     L = E_{x0, t, ε} [ λ_t · mean_pixels( (ε − ε_θ(x_t, t) + c_t·G(x_t, E(x0), t))² ) ]
     λ_t = SNR_t^γ / (1 + SNR_t),   c_t = √α_t·(1 − ᾱ_{t−1}) / √(1 − ᾱ_t)
@@ -35,7 +35,7 @@ DDIMShift = Literal["sqrt_one_minus_alpha_bar", "c_t"]
 
 # pure schedule functions (float64 in, float64 out) -------------------------------------------------------------
 def pdae_loss_weight(alphas_cumprod: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
-    """``λ_t = (1/(1+SNR_t))^(1−γ)·(SNR_t/(1+SNR_t))^γ = (1−ᾱ_t)^(1−γ)·ᾱ_t^γ`` (pdae.md §4, paper eq. 10), raw."""
+    """``λ_t = (1/(1+SNR_t))^(1−γ)·(SNR_t/(1+SNR_t))^γ = (1−ᾱ_t)^(1−γ)·ᾱ_t^γ`` (docs/design.md §13.2), raw."""
     return (1.0 - alphas_cumprod) ** (1.0 - gamma) * alphas_cumprod**gamma
 
 
@@ -49,7 +49,7 @@ def shift_coefficient(betas: torch.Tensor, alphas_cumprod: torch.Tensor) -> torc
 def clip_eps_fn(eps_fn: EpsFn, diffusion: GaussianDiffusion) -> EpsFn:
     """Wrap ``eps_fn`` so that the implied ``x̂0`` is clamped to [-1, 1] and ``ε̃`` re-derived from it:
     ``ε̃ = (x_t − √ᾱ_t·clamp(x̂0))/√(1−ᾱ_t)``. A DDIM step (or inversion step) taken with ``ε̃`` is the reference's
-    clamped step; used for PDAE's inversion, whose sampler has no clamping option (pdae.md §5.3, §8.5)."""
+    clamped step; used for PDAE's inversion, whose sampler has no clamping option (docs/design.md §13.3, D30)."""
 
     def clipped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = eps_fn(x, t)
@@ -75,12 +75,12 @@ class PDAE(RecordsClass, L.LightningModule):
         base_weights: which of its weights to freeze: its EMA copy (as the reference loads ``ema_denoise_fn``) or raw.
         z_dim: latent size (512 in the paper).
         encoder_channels, encoder_heads, encoder_norm_groups: the semantic encoder
-            (:class:`~jointdiff.nn.pdae.SemanticEncoder`; pdae.md §7: 64, 128, 128, 128; 4 heads; 32 groups).
+            (:class:`~jointdiff.nn.pdae.SemanticEncoder`; docs/design.md §13.1: 64, 128, 128, 128; 4 heads; 32 groups).
         gamma: λ_t's γ (0.1).
-        hflip: random horizontal flips of the encoder's and the loss's x0 (pdae.md §8.17: off for digits and
+        hflip: random horizontal flips of the encoder's and the loss's x0 (D32: off for digits and
             Fashion-MNIST, on for CIFAR/CelebA).
-        lr: Adam, no weight decay (pdae.md §4: 1e-4).
-        ema_decay: EMA of the trainable parts (0.9999 full runs, 0.999 short runs, pdae.md §8.7). Our departure:
+        lr: Adam, no weight decay (docs/design.md §13.2: 1e-4).
+        ema_decay: EMA of the trainable parts (0.9999 full runs, 0.999 short runs, D31). Our departure:
             the EMA warms up like the rest of the project (``min(decay, (1+k)/(10+k))``), the reference does not.
     """
 
@@ -201,8 +201,8 @@ class PDAE(RecordsClass, L.LightningModule):
     def eps_fn(self, z: torch.Tensor, shift: DDIMShift = "sqrt_one_minus_alpha_bar") -> EpsFn:
         """``ε̂(x_t, t) = ε_θ(x_t, t) − k_t·G(x_t, z, t)`` for DDIM, with the EMA networks.
 
-        ``k_t = √(1−ᾱ_t)`` (the reference's DDIM and inversion, pdae.md §5.2) or ``c_t`` (the training
-        coefficient; pdae.md §8.3's flag). ``z``: (B, z_dim), one per image of the batch.
+        ``k_t = √(1−ᾱ_t)`` (the reference's DDIM and inversion, D28) or ``c_t`` (the training
+        coefficient; D28's other choice). ``z``: (B, z_dim), one per image of the batch.
         """
         if shift not in ("sqrt_one_minus_alpha_bar", "c_t"):
             raise ValueError(f"shift must be sqrt_one_minus_alpha_bar|c_t, got {shift!r}")

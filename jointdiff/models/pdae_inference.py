@@ -1,5 +1,5 @@
-"""What a trained PDAE is used for (pdae.md §5–6): reconstruction through DDIM inversion, interpolation, attribute
-manipulation with a linear classifier on ``z``, and the linear probe of ``z``. Pure functions of a
+"""What a trained PDAE is used for (docs/design.md §13.3–13.4): reconstruction through DDIM inversion, interpolation,
+attribute manipulation with a linear classifier on ``z``, and the linear probe of ``z``. Pure functions of a
 :class:`~jointdiff.models.pdae.PDAE` and tensors; the CLI subcommands (``jointdiff reconstruct|interpolate|
 manipulate``) are thin wrappers around them.
 """
@@ -26,7 +26,7 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_errors(x: torch.Tensor, x_rec: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image MSE and SSIM on [0, 1] images (pdae.md §6: SSIM with an 11×11 Gaussian window, σ = 1.5; the
+    """Per-image MSE and SSIM on [0, 1] images (docs/design.md §13.3: SSIM with an 11×11 Gaussian window, σ = 1.5; the
     torchmetrics implementation). x, x_rec: (B, c, H, W) in [-1, 1] → {"mse": (B,), "ssim": (B,)}."""
     a, b = to_unit(x_rec), to_unit(x)
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
@@ -42,8 +42,8 @@ class ReconstructionSettings:
     inversion_steps: int = 100
     decode_steps: int = 100
     clip: bool = True  # clamp x̂0 while decoding (the reference does)
-    clip_inversion: bool = True  # clamp x̂0 while inverting (the reference does; pdae.md §8.5)
-    shift: DDIMShift = "sqrt_one_minus_alpha_bar"  # DDIM's guidance coefficient (pdae.md §8.3)
+    clip_inversion: bool = True  # clamp x̂0 while inverting (the reference does; D30)
+    shift: DDIMShift = "sqrt_one_minus_alpha_bar"  # DDIM's guidance coefficient (D28)
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def reconstruct(
 
 # interpolation --------------------------------------------------------------------------------------------------
 def slerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
-    """Spherical interpolation per example, the angle taken between the flattened tensors (pdae.md §5.5)."""
+    """Spherical interpolation per example, the angle taken between the flattened tensors (docs/design.md §13.3)."""
     fa, fb = a.flatten(1), b.flatten(1)
     cos = (F.normalize(fa, dim=1) * F.normalize(fb, dim=1)).sum(dim=1).clamp(-1.0, 1.0)
     theta = torch.acos(cos)[:, None]
@@ -157,9 +157,9 @@ def fit_linear_probe(
     lr: float = 1e-3,
     batch_size: int = 256,
 ) -> LinearProbe:
-    """pdae.md §6's protocol: z standardised with the train split's mean/std, one ``Linear(z_dim, K)`` trained
-    with CE (BCE for multi-label) by Adam 1e-3 at batch 256 on cached z, the epoch chosen on the validation split
-    (accuracy, or AUROC for multi-label). Examples labelled −1 are dropped."""
+    """The linear-probe protocol of docs/design.md §13.4: z standardised with the train split's mean/std, one
+    ``Linear(z_dim, K)`` trained with CE (BCE for multi-label) by Adam 1e-3 at batch 256 on cached z, the epoch
+    chosen on the validation split (accuracy, or AUROC for multi-label). Examples labelled −1 are dropped."""
     keep = labelled_mask(y_train)
     z_train, y_train = z_train[keep], y_train[keep]
     mean, std = z_train.mean(dim=0), z_train.std(dim=0).clamp_min(1e-6)
@@ -203,7 +203,7 @@ def edit_direction(probe: LinearProbe, target: int, task: str) -> torch.Tensor:
 
 
 def manipulate_latent(z: torch.Tensor, probe: LinearProbe, direction: torch.Tensor, scale: float) -> torch.Tensor:
-    """``z' = ((z−μ)/σ + s·√d_z·d)·σ + μ`` (pdae.md §5.7 with √d_z for the reference's hard-coded √512)."""
+    """``z' = ((z−μ)/σ + s·√d_z·d)·σ + μ`` (docs/design.md §13.3, D34: √d_z for the reference's √512)."""
     mean, std = probe.mean.to(z), probe.std.to(z)
     zn = (z - mean) / std + scale * math.sqrt(z.shape[1]) * direction.to(z)
     return zn * std + mean

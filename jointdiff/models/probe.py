@@ -1,7 +1,7 @@
 """``FrozenDDPMProbe``: the joint model's head trained on the frozen encoder features of a pre-trained DDPM.
 
-The "Ours (pre-trained DDGM)" row of the paper's Tables 1 and 5 (spec §9, decision D14). The paper's text is all
-there is (the reference has no code for it): a DDPM trained without labels, then an MLP on the pooled
+The "Ours (pre-trained DDGM)" row of the paper's Tables 1 and 5 (docs/design.md §9, decision D14). The paper's text is
+all there is (the reference has no code for it): a DDPM trained without labels, then an MLP on the pooled
 representation ``z``. We load a ``JointDiffusion`` checkpoint (a DDPM is one with ``classifier_weight=0``; a joint
 model's own head is ignored), freeze its UNet encoder and keep it in eval mode for the whole run, and train a fresh
 :class:`~jointdiff.nn.heads.PooledFeatureHead` with CE, AdamW.

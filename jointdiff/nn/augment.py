@@ -1,4 +1,4 @@
-"""Classifier-input augmentation of the joint model (spec §2.4, decision D5).
+"""Classifier-input augmentation of the joint model (docs/design.md §2.4, decision D5).
 
 Modes:
 - ``reference``: the authors' Kornia pipeline applied to data in [-1, 1]. Kornia's brightness, contrast,

@@ -1,4 +1,5 @@
-"""The ADM half-UNet classifier (guided-diffusion's ``EncoderUNetModel``, ``pool="attention"``), spec §5.3 / D12.
+"""The ADM half-UNet classifier (guided-diffusion's ``EncoderUNetModel``, ``pool="attention"``),
+docs/design.md §5.3 / D12.
 
 The noise-aware classifier ``p(y | x_i, i)`` of Dhariwal & Nichol's classifier guidance: the UNet encoder and
 middle block (time-conditioned ResBlocks with scale-shift norm, ResBlock downsampling: ``resblock_updown=True``),

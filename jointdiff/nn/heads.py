@@ -1,4 +1,4 @@
-"""The pooled representation ``z`` and the classifier head ``g`` of spec §2.2–2.3."""
+"""The pooled representation ``z`` and the classifier head ``g`` of docs/design.md §2.2–2.3."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def pooled_features(middle: torch.Tensor, skips: Sequence[torch.Tensor]) -> torc
 
 
 class PooledFeatureHead(nn.Module):
-    """MLP on ``[z, i]`` (spec §2.3): the raw step index is appended as one unnormalised feature (D21).
+    """MLP on ``[z, i]`` (docs/design.md §2.3): the raw step index is appended as one unnormalised feature (D21).
 
     Dropout(p) → BatchNorm1d(F+1) → Linear(F+1 → ⌊F/2⌋) → LeakyReLU(0.01) → Dropout(p) → BatchNorm1d(⌊F/2⌋)
     → Linear(⌊F/2⌋ → num_outputs). Returns logits.

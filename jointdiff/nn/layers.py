@@ -1,7 +1,7 @@
-"""Building blocks of the ADM ("guided-diffusion") UNet, spec §2.1.
+"""Building blocks of the ADM ("guided-diffusion") UNet, docs/design.md §2.1.
 
 Each block keeps the reference's parameter shapes, initialisation (zero-initialised output convolutions)
-and legacy attention head split, so parameter counts match spec §13 and the function computed is the
+and legacy attention head split, so parameter counts match the reference's and the function computed is the
 reference's. Module *names* differ from the reference (no index-based ``TimestepEmbedSequential``).
 """
 
@@ -31,7 +31,7 @@ class GroupNorm32(nn.GroupNorm):
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer step indices, layout ``[cos | sin]`` (spec §2.1).
+    """Sinusoidal embedding of integer step indices, layout ``[cos | sin]`` (docs/design.md §2.1).
 
     timesteps: (B,) raw step indices (not rescaled). Returns (B, dim) float32.
     """

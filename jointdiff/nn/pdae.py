@@ -1,9 +1,9 @@
-"""PDAE's trainable networks (pdae.md §2–3): the semantic encoder ``E_φ`` and the gradient estimator ``G_ψ``.
+"""PDAE's trainable networks (docs/design.md §13.1): the semantic encoder ``E_φ`` and the gradient estimator ``G_ψ``.
 
 ``G_ψ`` ("ShiftUNet") reuses the frozen pre-trained UNet's time embedding and encoder half: it consumes the same
 skip list as the frozen decoder, through a structural mirror of the UNet's middle block and decoder whose
 ResBlocks take a second scale-shift pair from the latent ``z`` (double AdaGN, the reference code's form
-``(1+s_z)·(GN(h)·(1+s_t)+b_t)+b_z``, pdae.md §8.1). The mirror is built by reading the pre-trained
+``(1+s_z)·(GN(h)·(1+s_t)+b_t)+b_z``, decision D27). The mirror is built by reading the pre-trained
 :class:`~jointdiff.nn.unet.UNet`'s blocks, so ``G`` inherits whatever widths, attention placement, dropout and
 GroupNorm groups the DPM was trained with. Its output convolution is zero-initialised: ``G ≡ 0`` at init.
 """
@@ -24,7 +24,7 @@ class SemanticEncoder(nn.Module):
     self-attention block after the second convolution; flattened and mapped linearly to ``z_dim`` (raw: no
     normalisation of z, as the reference).
 
-    The first convolution has stride 1 up to 32 px (pdae.md §7: 28/32 px → 28/32, 14/16, 7/8, 4) and stride 2
+    The first convolution has stride 1 up to 32 px (docs/design.md §13.1: 28/32 px → 28/32, 14/16, 7/8, 4) and stride 2
     above (the reference CelebA-64 encoder: 64 → 32, 16, 8, 4); with the default widths the flattened size is
     128·4·4 = 2048 in all three cases.
     """

@@ -1,4 +1,4 @@
-"""The ADM UNet of spec §2.1, split into an encoder and a decoder for the joint model (§2.2).
+"""The ADM UNet of docs/design.md §2.1, split into an encoder and a decoder for the joint model (§2.2).
 
 ``encode(x, t)`` returns the middle-block output ``m`` and the skip tensors ``e_1…e_K`` (every encoder module's
 output: the stem, each ResBlock with its attention, each Downsample), exactly what ``decode`` consumes.
@@ -23,7 +23,7 @@ from jointdiff.nn.layers import (
     zero_module,
 )
 
-# Reference ``create_model`` channel multipliers, keyed by image size (spec §2.1).
+# Reference ``create_model`` channel multipliers, keyed by image size (docs/design.md §2.1).
 CHANNEL_MULT = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
     256: (1, 1, 2, 2, 4, 4),
@@ -147,7 +147,7 @@ class UNet(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        """Size ``F`` of the pooled representation ``z`` (spec §2.2), summed from the tap shapes."""
+        """Size ``F`` of the pooled representation ``z`` (docs/design.md §2.2), summed from the tap shapes."""
         return sum(self.tap_channels)
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:

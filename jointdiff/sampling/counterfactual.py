@@ -1,4 +1,4 @@
-"""Visual counterfactual explanations of real images with a joint model (spec §6, D18): load the images (a
+"""Visual counterfactual explanations of real images with a joint model (docs/design.md §6, D18): load the images (a
 DataModule split or image files), choose the requests, run the conditional sampler from ``q(x_{n−1} | x0)``, and
 write the figure and the per-image record. The command is ``jointdiff counterfactual``
 (:mod:`jointdiff.commands.counterfactual`, usage there)."""
@@ -55,7 +55,7 @@ def requested_targets(
     and the value requested for it.
 
     multiclass: ``--target`` for every image, default "the other class" of a binary task (needs true labels);
-    focus = the target class, value 1. multilabel (spec §6, CelebA): the image's true attribute vector with
+    focus = the target class, value 1. multilabel (docs/design.md §6, CelebA): the image's true attribute vector with
     attribute ``--flip_attribute`` flipped, the others kept (needs dataset images).
     """
     if task == "multilabel":

@@ -216,7 +216,8 @@ def check_sampler_args(model, sampler: Sampler, *, alpha: Alpha, scale: float, s
         alpha_schedule(alpha, model.diffusion.num_steps)
         if hp.get("noisy_classifier", "off") == "off":
             print("warning: this joint model was trained without noisy classifiers (noisy_classifier=off); its head "
-                  "sees out-of-distribution features on noisy x_t, so conditional sampling is unreliable (spec §5.1)")
+                  "sees out-of-distribution features on noisy x_t, so conditional sampling is unreliable "
+                  "(docs/design.md §5.1)")
     if sampler == "guidance" and classifier is None:
         raise ValueError("--sampler guidance needs --classifier PATH (a noise-aware classifier checkpoint)")
     if sampler == "guidance" and not scale >= 0:

@@ -1,4 +1,4 @@
-"""The paper's reported numbers (Deja et al. 2023), as transcribed in the spec (§11), for the report's "paper"
+"""The paper's reported numbers (Deja et al. 2023), as transcribed from its tables, for the report's "paper"
 columns. Accuracies and precision/recall in %, FID as printed. Keys: method → dataset → value."""
 
 from __future__ import annotations
