@@ -75,8 +75,8 @@ def test_main_job_writes_a_class_conditional_grid_drawn_with_the_joint_sampler(d
     # independent redraw: row k holds class k, 2 samples each, from the EMA weights, seeded generator, all T steps
     from PIL import Image
 
-    from jointdiff.callbacks.samples import save_grid
     from jointdiff.diffusion.conditional import joint_conditional_sample
+    from jointdiff.images import save_grid
 
     model = load_model(metrics["checkpoint"], expected=JointDiffusion)
     net = model.ema.module.eval()

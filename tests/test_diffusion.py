@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from jointdiff.diffusion import GaussianDiffusion, ddpm_sample, eps_loss, make_beta_schedule, to_uint8
+from jointdiff.diffusion import GaussianDiffusion, ddpm_sample, eps_loss, make_beta_schedule
+from jointdiff.images import to_uint8
 
 
 def fork_linear_betas(num_diffusion_timesteps: int) -> np.ndarray:

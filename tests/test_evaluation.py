@@ -11,8 +11,9 @@ from test_ddp_evaluation import N_TEST, SyntheticDataModule, evaluation_callback
 from test_metrics import _fid_scipy, _knn_scipy
 
 from jointdiff.callbacks.evaluation import batch_seed
+from jointdiff.images import to_uint8
 from jointdiff.metrics import ClassHitRate, InceptionWeightsNotFoundError, build_extractor
-from jointdiff.metrics.extractors import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures, quantize_uint8
+from jointdiff.metrics.extractors import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures
 from jointdiff.metrics.feature_sets import canonical
 from jointdiff.metrics.prd import prd_precision_recall
 from jointdiff.metrics.reference import ReferenceCache, ReferenceKey, assemble, global_batches, rank_batches
@@ -111,7 +112,7 @@ def test_classifier_features_are_the_pooled_encoder_representation(tiny_checkpoi
     torch.testing.assert_close(extractor.logits(x), logits)
     off_grid = x + 0.003  # generated samples are not: standard quantises them, reference does not
     with torch.no_grad():
-        z_quantised = pooled_features(*net.unet.encode(quantize_uint8(off_grid).float() / 127.5 - 1, t0))
+        z_quantised = pooled_features(*net.unet.encode(to_uint8(off_grid, rounding="round").float() / 127.5 - 1, t0))
     torch.testing.assert_close(extractor(off_grid, "standard"), z_quantised)
     assert not torch.allclose(extractor(off_grid, "reference"), z_quantised)
     with pytest.raises(ValueError, match="1×16×16"):

@@ -10,7 +10,8 @@ import torch
 
 from jointdiff.cli import main as cli_main
 from jointdiff.diffusion.engine import PerSampleNoise
-from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
+from jointdiff.diffusion.samplers import ddpm_sample
+from jointdiff.images import to_uint8
 from jointdiff.models.checkpoints import load_model
 from jointdiff.models.joint import JointDiffusion
 

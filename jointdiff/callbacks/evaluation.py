@@ -29,9 +29,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
 from jointdiff.callbacks.logging import log_image, run_dir
-from jointdiff.callbacks.samples import save_grid
 from jointdiff.files import atomic_write_json
-from jointdiff.metrics.extractors import FeatureExtractor, build_extractor, check_convention, quantize_uint8
+from jointdiff.images import save_grid, to_uint8
+from jointdiff.metrics.extractors import FeatureExtractor, build_extractor, check_convention
 from jointdiff.metrics.generative import generative_metrics, generative_results
 from jointdiff.metrics.knn_precision_recall import DistanceDtype, KNNPrecisionRecall
 from jointdiff.metrics.prd import PRDPrecisionRecall
@@ -304,7 +304,7 @@ class GenerativeEvaluation(L.Callback):
             t_sampling += t1 - t0
             t_features += time.perf_counter() - t1
             if self.save_samples:
-                kept.append(quantize_uint8(images).flatten(1).cpu())
+                kept.append(to_uint8(images, rounding="round").flatten(1).cpu())
             if b == 0 and self.grid_size > 0:
                 name = f"eval_{prefix}_step_{trainer.global_step:07d}.png"
                 grid_path = save_grid(images[: self.grid_size], out_dir / "samples" / name)

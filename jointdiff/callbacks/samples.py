@@ -3,23 +3,14 @@ logged to the logger."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
 import torch
-import torchvision
 from lightning.pytorch.utilities import rank_zero_warn
 
 from jointdiff.callbacks.logging import log_image, run_dir
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
-    """images: (N, c, H, W) floats in [-1, 1] → PNG grid (values clamped like the reference's uint8 mapping)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nrow = nrow or max(1, int(math.sqrt(len(images))))
-    torchvision.utils.save_image(((images.float() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2, pad_value=1.0)
-    return path
+from jointdiff.images import save_grid
 
 
 class SampleGrid(L.Callback):

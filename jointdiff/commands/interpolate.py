@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from jointdiff.callbacks.samples import save_grid
 from jointdiff.commands.reconstruct import load_pdae_and_data, pdae_parser, pick_images, settings_from, split_dataset
 from jointdiff.files import atomic_write_json
+from jointdiff.images import save_grid
 from jointdiff.models.pdae_inference import interpolate, interpolate_base, reconstruction_errors
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from jointdiff.callbacks.samples import save_grid
 from jointdiff.commands.reconstruct import load_pdae_and_data, pdae_parser, settings_from, split_dataset, summary
 from jointdiff.data.base import collate_batch, split_indices
 from jointdiff.files import atomic_write_json
+from jointdiff.images import save_grid
 from jointdiff.models.pdae_inference import (
     cache_latents,
     edit_direction,

@@ -23,9 +23,9 @@ from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 import jointdiff.data  # noqa: F401  (registers DataModules for short class names)
-from jointdiff.callbacks.samples import save_grid
 from jointdiff.data.base import ImageDataModule
 from jointdiff.files import atomic_write_json
+from jointdiff.images import save_grid
 from jointdiff.models.checkpoints import load_model
 from jointdiff.models.pdae import PDAE
 from jointdiff.models.pdae_inference import ReconstructionSettings, reconstruct, reconstruction_errors

@@ -32,6 +32,7 @@ from jointdiff.data.semisupervised import (
     validate_labelled_args,
 )
 from jointdiff.files import CACHE_ENV, cache_dir  # noqa: F401  (cache_dir: re-exported for the DataModules)
+from jointdiff.images import from_uint8
 
 # torchdata 0.11 calls torch.set_vital on every iterator, which torch ≥ 2.9 deprecates with a warning each epoch
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -112,7 +113,7 @@ class ImageTensorDataset(Dataset):
 
     @staticmethod
     def to_float(images: torch.Tensor) -> torch.Tensor:
-        return images.float().div_(127.5).sub_(1.0)
+        return from_uint8(images)
 
     def _flip(self, images: torch.Tensor) -> torch.Tensor:
         """(B, c, H, W) uint8 → each image mirrored left-right with probability ½ (when ``random_flip``)."""

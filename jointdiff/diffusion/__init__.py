@@ -1,7 +1,7 @@
 """Diffusion math as pure tensor functions: schedules, forward process, losses and samplers."""
 
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
-from jointdiff.diffusion.samplers import ddpm_sample, to_uint8
+from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.schedules import (
     cosine_beta_schedule,
     ho_linear_beta_schedule,
@@ -17,5 +17,4 @@ __all__ = [
     "ho_linear_beta_schedule",
     "make_beta_schedule",
     "reference_linear_beta_schedule",
-    "to_uint8",
 ]

@@ -1,5 +1,4 @@
-"""The unconditional ancestral sampler (docs/design.md §3), a configuration of the engine's ``reverse_process``, and the
-one float → uint8 converter of saved samples."""
+"""The unconditional ancestral sampler (docs/design.md §3), a configuration of the engine's ``reverse_process``."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import torch
 from jointdiff.diffusion.engine import EpsFn, Noise, initial_noise, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 
-__all__ = ["EpsFn", "ddpm_sample", "to_uint8"]
+__all__ = ["EpsFn", "ddpm_sample"]
 
 
 def ddpm_sample(
@@ -29,7 +28,3 @@ def ddpm_sample(
     x = initial_noise(shape, generator, device)
     return reverse_process(eps_fn, diffusion, x, noise=generator, clip_denoised=clip_denoised, progress=progress)
 
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Map [-1, 1] floats to uint8 as the reference saves samples: ``trunc(clamp((x+1)·127.5, 0, 255))``."""
-    return ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)

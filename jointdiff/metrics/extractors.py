@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointdiff.images import from_uint8, to_uint8
+
 Convention = Literal["standard", "reference"]
 CONVENTIONS: tuple[str, ...] = ("standard", "reference")
 
@@ -47,11 +49,6 @@ def check_convention(convention: str) -> str:
     if convention not in CONVENTIONS:
         raise ValueError(f"input convention must be one of {CONVENTIONS}, got {convention!r}")
     return convention
-
-
-def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats → uint8 as a saved PNG holds them (rounded; exact for images that came from uint8)."""
-    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -172,7 +169,7 @@ class InceptionFeatures(FeatureExtractor):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if convention == "standard":
-            (features,) = self.net(quantize_uint8(images))  # torch-fidelity's own forward, bit for bit
+            (features,) = self.net(to_uint8(images, rounding="round"))  # torch-fidelity's own forward, bit for bit
             return features.float()
         # The authors' pytorch-fid port (docs/design.md §10): resize the float image, then 2x − 1 on data already in
         # [-1, 1].
@@ -233,7 +230,7 @@ class ClassifierFeatures(FeatureExtractor):
             )
         x = images.float()
         if convention == "standard":
-            x = quantize_uint8(x).float().div_(127.5).sub_(1.0)  # exactly the DataModules' uint8 → [-1, 1] map
+            x = from_uint8(to_uint8(x, rounding="round"))  # exactly the DataModules' uint8 → [-1, 1] map
         return x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
     @torch.no_grad()

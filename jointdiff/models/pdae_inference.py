@@ -16,19 +16,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from jointdiff.data.semisupervised import labelled_mask
+from jointdiff.images import to_unit_interval
 from jointdiff.models.pdae import PDAE, DDIMShift
 
 
 # metrics --------------------------------------------------------------------------------------------------------
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] → [0, 1], clamped (the range PDAE's metrics use)."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
 def reconstruction_errors(x: torch.Tensor, x_rec: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image MSE and SSIM on [0, 1] images (docs/design.md §13.3: SSIM with an 11×11 Gaussian window, σ = 1.5; the
     torchmetrics implementation). x, x_rec: (B, c, H, W) in [-1, 1] → {"mse": (B,), "ssim": (B,)}."""
-    a, b = to_unit(x_rec), to_unit(x)
+    a, b = to_unit_interval(x_rec), to_unit_interval(x)
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
     ssim = TMF.structural_similarity_index_measure(
         a, b, data_range=1.0, gaussian_kernel=True, sigma=1.5, kernel_size=11, reduction="none"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from jointdiff.callbacks.samples import save_grid
 from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import RespacedAlpha
 from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.files import atomic_write_json
+from jointdiff.images import save_grid
 from jointdiff.sampling.distributed import sharded_generate
 from jointdiff.sampling.files import write_samples
 from jointdiff.sampling.generate import check_sampler_args

@@ -14,6 +14,7 @@ from jointdiff.diffusion.conditional import alpha_schedule, counterfactual, nois
 from jointdiff.diffusion.engine import PerSampleNoise
 from jointdiff.diffusion.targets import check_targets
 from jointdiff.files import atomic_write_json
+from jointdiff.images import from_uint8, to_unit_interval
 from jointdiff.sampling.distributed import shard
 from jointdiff.sampling.loading import judge_logits_fn, load_on_processes, pick_network
 
@@ -31,7 +32,7 @@ def load_image_files(files: list[str], channels: int, image_size: int) -> torch.
         img = decode_image(f, mode=mode)
         if img.shape[-2:] != (image_size, image_size):
             img = TF.resize(img, [image_size, image_size], antialias=True)
-        out.append(img.float() / 127.5 - 1.0)
+        out.append(from_uint8(img))
     return torch.stack(out)
 
 
@@ -115,7 +116,7 @@ def save_figure(original, noised, counterfactual_images, p_before, p_after, requ
     vmax = float(diff.max()) or 1.0
 
     def show(ax, img):
-        img = ((img.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+        img = to_unit_interval(img).permute(1, 2, 0).numpy()
         ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
 
     for j in range(n):

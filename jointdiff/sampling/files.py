@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from jointdiff.diffusion.samplers import to_uint8
+from jointdiff.images import from_uint8, to_uint8
 
 Layout = Literal["auto", "NHWC", "NCHW"]
 ValueRange = Literal["auto", "uint8", "0,1", "-1,1"]
@@ -93,7 +93,7 @@ def _to_unit_range(x: torch.Tensor, value_range: ValueRange, path: Path) -> tupl
     if x.dtype == torch.uint8:
         if value_range not in ("auto", "uint8"):
             raise ValueError(f"{path}: the images are uint8, not floats in [{value_range}]")
-        return x.float() / 127.5 - 1.0, "uint8"
+        return from_uint8(x), "uint8"
     if not x.is_floating_point():
         raise ValueError(f"{path}: images must be uint8 or floats, got {x.dtype}")
     x = x.float()

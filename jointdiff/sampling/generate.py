@@ -12,7 +12,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from jointdiff.callbacks.samples import save_grid
 from jointdiff.diffusion.conditional import Alpha, RespacedAlpha, joint_conditional_sample, steered_features
 from jointdiff.diffusion.ddim import ddim_sample, respaced_timesteps
 from jointdiff.diffusion.engine import PerSampleNoise, initial_noise
@@ -20,6 +19,7 @@ from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_grad
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.files import atomic_write_json
+from jointdiff.images import save_grid
 from jointdiff.sampling.distributed import sharded_generate
 from jointdiff.sampling.files import write_samples
 from jointdiff.sampling.loading import (
