@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from alpha_sweep_fmnist import as_saved, noisy_head_accuracy, refit_head, train_judge  # noqa: E402
-
-from jointdiff.data import MalariaDataModule  # noqa: E402
-from jointdiff.diffusion.conditional import counterfactual  # noqa: E402
-from jointdiff.sampling.counterfactual import save_figure  # noqa: E402
-from jointdiff.sampling.loading import load_diffusion_model  # noqa: E402
+from jointdiff.data import MalariaDataModule
+from jointdiff.diffusion.conditional import counterfactual
+from jointdiff.sampling.counterfactual import save_figure
+from jointdiff.sampling.judge import as_saved, noisy_head_accuracy, refit_head, train_judge
+from jointdiff.sampling.loading import load_diffusion_model
 
 CLASSES = ("Uninfected", "Parasitized")
 

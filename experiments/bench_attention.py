@@ -16,13 +16,17 @@ Each also under bf16 autocast. Prints ms per forward+backward and the ratio to t
 from __future__ import annotations
 
 import argparse
+import runpy
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from jointdiff.nn.reference import legacy_qkv_attention
+# the authors' attention, kept with the tests as their reference
+legacy_qkv_attention = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tests" / "reference.py"))[
+    "legacy_qkv_attention"]
 
 
 def sdpa_transposed_view(qkv: torch.Tensor, heads: int) -> torch.Tensor:

@@ -34,11 +34,12 @@ def main() -> None:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from jointdiff.data import FashionMNISTDataModule
-    from jointdiff.metrics import ClassifierFeatures, FrechetDistance, KNNPrecisionRecall, PRDPrecisionRecall
+    from jointdiff.metrics import FrechetDistance, KNNPrecisionRecall, PRDPrecisionRecall
+    from jointdiff.models.extractors import load_classifier_features
 
     dm = FashionMNISTDataModule(image_size=28)
     dm.setup("fit")
-    extractor = ClassifierFeatures(args.classifier)
+    extractor = load_classifier_features(args.classifier)
     real_idx = torch.arange(min(args.n, len(dm.test_set)))
     n_fake = args.n_generated or args.n
     fake_idx = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[:n_fake].sort().values

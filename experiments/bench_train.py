@@ -34,10 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import runpy
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     # name: (image_size, channels, model_channels, classes, T) — the paper's (docs/design.md §4.4, D1)
@@ -70,7 +73,8 @@ def build(config: str, impl: str, device: str):
     import torch
 
     from jointdiff.models import JointDiffusion
-    from jointdiff.nn.reference import reference_ema_update, use_legacy_attention
+    reference = runpy.run_path(str(REPO / "tests" / "reference.py"))  # the authors' code, kept with the tests
+    reference_ema_update, use_legacy_attention = reference["reference_ema_update"], reference["use_legacy_attention"]
 
     size, ch, _, classes, _ = CONFIGS[config]
     task = "multilabel" if config == "celeba" else "multiclass"

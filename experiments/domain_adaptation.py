@@ -21,8 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from jointdiff.cli import run_lightning_cli
 from jointdiff.files import atomic_write_json
+from jointdiff.workflow.lightning_cli import run_lightning_cli
 
 ACCURACY_KEYS = ("test/acc", "test/acc_ema", "test/acc_raw")
 

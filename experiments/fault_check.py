@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -41,7 +42,7 @@ TINY_CONFIG = {
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
              "init_args": {"save_last": True, "every_n_train_steps": 3, "save_top_k": -1}},
             {"class_path": "jointdiff.callbacks.MetricsJSON"},
-            {"class_path": "jointdiff.workflow.callbacks.RunRecord"},
+            {"class_path": "jointdiff.callbacks.workflow.RunRecord"},
         ],
     },
     "model": {"class_path": "jointdiff.models.JointDiffusion",
@@ -59,7 +60,7 @@ class Checker:
         self.config = work / "tiny.yaml"
         self.config.write_text(yaml.safe_dump(TINY_CONFIG))
         self.data = work / "data"
-        from jointdiff.data.fixtures import write_idx
+        write_idx = runpy.run_path(str(REPO / "tests" / "fixtures.py"))["write_idx"]  # the tests' dataset writers
 
         write_idx(self.data / "fashion-mnist", n_train=40, n_test=16, seed=0)  # 36 train images: 4 batches/epoch
         self.env = {**os.environ, "JOINTDIFF_DATA_ROOT": str(self.data), "JOINTDIFF_CACHE": str(work / "cache"),
@@ -95,7 +96,7 @@ class Checker:
     # scenarios ---------------------------------------------------------------------------------------------------
     def data_cache(self) -> None:
         from jointdiff.data import FashionMNISTDataModule
-        from jointdiff.data.fixtures import write_idx
+        write_idx = runpy.run_path(str(REPO / "tests" / "fixtures.py"))["write_idx"]  # the tests' dataset writers
 
         root = self.work / "cache_root"
         good = self.work / "cache_good"
@@ -252,7 +253,7 @@ class Checker:
             return f"exit {rc}, run.json status {attempt['status']!r}", rc == 143 and attempt["status"] == "interrupted"
 
         def sigkill():
-            from jointdiff.workflow.callbacks import attempt_status
+            from jointdiff.workflow.runs import attempt_status
 
             rc, attempt = run_until_steps(self.work / "run_kill", signal.SIGKILL)
             status = attempt_status(attempt)

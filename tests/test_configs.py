@@ -228,7 +228,7 @@ def test_presets_compose_on_paper_and_foreign_configs(monkeypatch):
     """gpu.yaml, slurm.yaml and wandb.yaml on a paper composition and on a standalone config with Lightning's own
     CSVLogger (slurm.yaml switches it to the requeue-stable logger, keeping its folder); the offline FID add-on of
     configs/eval on the config its comment names."""
-    from jointdiff.workflow.callbacks import WandbResolvedConfig
+    from jointdiff.callbacks.workflow import WandbResolvedConfig
     from jointdiff.workflow.loggers import RunCSVLogger, WandbRunLogger
 
     monkeypatch.setenv("WANDB_RUN_ID", "test-id")  # no id is generated, nothing is written

@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 
+import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import numpy as np
 import pytest
 import torch
 
 from jointdiff.data import FashionMNISTDataModule, MalariaDataModule
-from jointdiff.data import fixtures as fx
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import gzip
 import pickle
 import zipfile
 
+import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import lightning as L
 import numpy as np
 import pytest
@@ -24,7 +25,6 @@ from jointdiff.data import (
     SVHNDataModule,
     USPSDataModule,
 )
-from jointdiff.data import fixtures as fx
 from jointdiff.models import JointDiffusion
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,6 @@ from jointdiff.data import (
     SVHNDataModule,
     USPSDataModule,
 )
-from jointdiff.data import fixtures as fx
 
 
 @pytest.fixture(autouse=True)

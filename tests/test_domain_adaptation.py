@@ -9,11 +9,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import pytest
 import torch
 
 from jointdiff.data import DomainAdaptationDataModule, domain_adaptation_pair
-from jointdiff.data import fixtures as fx
 from jointdiff.data.semisupervised import UNLABELLED
 from jointdiff.models import JointDiffusion
 

@@ -12,12 +12,13 @@ from test_metrics import _fid_scipy, _knn_scipy
 
 from jointdiff.callbacks.evaluation import batch_seed
 from jointdiff.images import to_uint8
-from jointdiff.metrics import ClassHitRate, InceptionWeightsNotFoundError, build_extractor
+from jointdiff.metrics import ClassHitRate, InceptionWeightsNotFoundError
 from jointdiff.metrics.extractors import INCEPTION_FILE, ClassifierFeatures, InceptionFeatures
 from jointdiff.metrics.feature_sets import canonical
 from jointdiff.metrics.prd import prd_precision_recall
 from jointdiff.metrics.reference import ReferenceCache, ReferenceKey, assemble, global_batches, rank_batches
 from jointdiff.models.checkpoints import CLASS_KEY, load_model
+from jointdiff.models.extractors import build_extractor
 from jointdiff.nn.heads import pooled_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,6 +4,7 @@ its own tests (``test_semisupervised.py``)."""
 
 from __future__ import annotations
 
+import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import lightning as L
 import pytest
 import torch
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from conftest import TINY_MODEL
 
 from jointdiff.data import FashionMNISTDataModule, MNISTDataModule
-from jointdiff.data import fixtures as fx
 from jointdiff.data.base import ImageTensorDataset
 from jointdiff.data.semisupervised import UNLABELLED, hide_labels
 from jointdiff.models import JointDiffusion, NoiseAwareClassifier, StandaloneClassifier

@@ -1,5 +1,6 @@
-"""The import graph keeps its layers: the command layer is imported by nobody but the CLI, the math knows no
-Lightning, and data and metrics know no model."""
+"""The import graph keeps its layers: no cycle between the package's top-level parts, the command layer and the
+console script are imported by nobody, the math knows no Lightning, data and metrics know no model, and the leaf
+modules (atomic files, image ranges) import nothing of the package."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def imports(path: Path) -> set[str]:
 
 
 def python_files(*folders: str) -> list[Path]:
-    return sorted(p for f in folders for p in (REPO / f).rglob("*.py"))
+    """Every ``.py`` file under the folders (a file path stands for itself)."""
+    return sorted(p for f in folders for p in ((REPO / f,) if f.endswith(".py") else (REPO / f).rglob("*.py")))
 
 
 def offenders(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
@@ -38,12 +40,68 @@ def test_nothing_outside_the_cli_imports_the_command_layer():
     assert offenders(files, ("jointdiff.commands",)) == []
 
 
+def test_the_library_and_the_experiments_never_import_the_console_script():
+    """``jointdiff/cli.py`` is an adapter over :mod:`jointdiff.workflow.lightning_cli`; tests may drive it."""
+    files = [p for p in python_files("jointdiff", "experiments") if p != REPO / "jointdiff" / "cli.py"]
+    assert offenders(files, ("jointdiff.cli",)) == []
+
+
+def part(module: str) -> str:
+    """``jointdiff.<part>…`` → ``<part>`` (a sub-package or a top-level module)."""
+    return module.split(".")[1]
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in python_files("jointdiff"):
+        rel = path.relative_to(REPO / "jointdiff")
+        source = rel.parts[0].removesuffix(".py")
+        targets = {part(m) for m in imports(path) if m.startswith("jointdiff.")} - {source}
+        graph.setdefault(source, set()).update(targets)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the directed graph as a list of nodes (first = last), or ``None``."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt, node]
+            if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node, [node])):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_between_top_level_parts():
+    graph = package_graph()
+    assert {"data", "models", "metrics", "nn", "diffusion", "sampling", "callbacks", "workflow"} <= set(graph)
+    assert find_cycle(graph) is None, f"import cycle: {' → '.join(find_cycle(graph))}"
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
 @pytest.mark.parametrize("layer,forbidden", [
     ("jointdiff/nn", ("lightning", "jointdiff.models", "jointdiff.data", "jointdiff.callbacks", "jointdiff.sampling")),
     ("jointdiff/diffusion", ("lightning", "jointdiff.models", "jointdiff.data", "jointdiff.callbacks",
                              "jointdiff.sampling")),
-    ("jointdiff/data", ("jointdiff.models", "jointdiff.nn", "jointdiff.diffusion", "jointdiff.sampling")),
-    ("jointdiff/metrics", ("jointdiff.data", "jointdiff.diffusion", "jointdiff.sampling", "jointdiff.callbacks")),
+    ("jointdiff/data", ("jointdiff.models", "jointdiff.nn", "jointdiff.diffusion", "jointdiff.sampling",
+                        "jointdiff.callbacks", "jointdiff.metrics", "jointdiff.workflow")),
+    ("jointdiff/metrics", ("jointdiff.data", "jointdiff.diffusion", "jointdiff.sampling", "jointdiff.callbacks",
+                           "jointdiff.models", "jointdiff.nn", "jointdiff.workflow")),
+    ("jointdiff/files.py", ("jointdiff",)),
+    ("jointdiff/images.py", ("jointdiff",)),
 ])
 def test_layers(layer, forbidden):
     assert offenders(python_files(layer), forbidden) == []

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from reference import legacy_qkv_attention
 
 from jointdiff.nn import JointNetwork, PooledFeatureHead, UNet, pooled_features
 from jointdiff.nn.layers import AttentionBlock, timestep_embedding
-from jointdiff.nn.reference import legacy_qkv_attention
 from jointdiff.nn.unet import reference_attention_downsample
 
 

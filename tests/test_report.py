@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
 
-from jointdiff.data.fixtures import write_idx
 from jointdiff.workflow import paper_numbers as P
 from jointdiff.workflow.report import build_report
 from jointdiff.workflow.results import collect_runs, pick

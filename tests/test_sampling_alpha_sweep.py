@@ -12,9 +12,9 @@ from test_sampling_cli import write_checkpoint  # tests/ is on sys.path (rootdir
 
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.diffusion.targets import hit_rate
-from jointdiff.metrics.extractors import ClassifierFeatures
 from jointdiff.metrics.frechet import FrechetDistance
 from jointdiff.models.checkpoints import load_model
+from jointdiff.models.extractors import load_classifier_features
 from jointdiff.sampling.alpha_sweep import alpha_sweep
 from jointdiff.sampling.generate import generate
 from jointdiff.sampling.loading import judge_logits_fn
@@ -53,7 +53,7 @@ def test_alpha_sweep_rows_files_and_alpha_zero_baseline(tmp_path):
     x = generate(model, "ddpm", 12, seed=0, batch_size=5)
     y = torch.tensor([0] * 6 + [2] * 6)
     assert rows[0]["judge_hit_rate"] == pytest.approx(hit_rate(judge_logits_fn(ckpt)(x), y, "multiclass"))
-    extractor = ClassifierFeatures(ckpt)
+    extractor = load_classifier_features(ckpt)
     data = TinyData()
     data.setup("test")
     real = torch.stack([data.test_set[i][0] for i in range(30)])

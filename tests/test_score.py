@@ -12,8 +12,8 @@ import torch
 from test_ddp_evaluation import SyntheticDataModule, evaluation_callback, make_tiny_checkpoint
 
 from jointdiff.cli import main as cli_main
-from jointdiff.metrics.extractors import ClassifierFeatures
 from jointdiff.models.checkpoints import load_model
+from jointdiff.models.extractors import load_classifier_features
 from jointdiff.sampling.files import read_samples
 from jointdiff.sampling.scoring import score_samples
 
@@ -80,7 +80,7 @@ def test_a_file_of_jointdiff_sample_through_the_cli_with_a_judge(evaluated, tmp_
               "--prd_clusters", "5", "--prd_runs", "1", "--cache_dir", str(root / "cache"), "--progress", "false"])
     record = json.loads((tmp_path / "s" / "samples.score.json").read_text())
     images, targets, _ = read_samples(npz)
-    judge = ClassifierFeatures(str(ckpt))
+    judge = load_classifier_features(str(ckpt))
     expected = float((judge.logits(images).argmax(1) == targets).float().mean())
     assert record["results"]["score/judge_hit_rate"] == pytest.approx(expected)
     assert record["num_generated"] == 10 and record["samples"]["targets_key"] == "arr_1"

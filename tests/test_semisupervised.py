@@ -4,15 +4,16 @@ it is the plain cross-entropy of those examples, and the steps in between contri
 
 from __future__ import annotations
 
+import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
 from jointdiff.data import MNISTDataModule
-from jointdiff.data import fixtures as fx
-from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, hide_labels, labelled_mask, select_labelled
+from jointdiff.data.semisupervised import UNLABELLED, hide_labels, labelled_mask, select_labelled
 from jointdiff.models import JointDiffusion
+from jointdiff.models.labelled_buffer import LabelledBuffer
 
 TINY = dict(model_channels=16, norm_groups=8, num_res_blocks=1, attention_downsample=[], diffusion_steps=10,
             classifier_augmentation="off")

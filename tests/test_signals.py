@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
 from test_slurm import TINY as SLURM_TINY
 
-from jointdiff.data.fixtures import write_idx
-from jointdiff.workflow.callbacks import attempt_status
 from jointdiff.workflow.launch import Job, run_locally
+from jointdiff.workflow.runs import attempt_status
 
 REPO = Path(__file__).resolve().parents[1]
 

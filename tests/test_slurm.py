@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from jointdiff.data.fixtures import write_idx
+from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -5,10 +5,10 @@ import copy
 
 import torch
 from conftest import TINY_MODEL
+from reference import reference_ema_update, use_legacy_attention
 
 from jointdiff.models import JointDiffusion
 from jointdiff.models.ema import EMA
-from jointdiff.nn.reference import reference_ema_update, use_legacy_attention
 from jointdiff.nn.unet import UNet
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
 
-from jointdiff.data.fixtures import write_idx
 from jointdiff.workflow.compose import instantiate
 from jointdiff.workflow.launch import Job, write_slurm_array
 from jointdiff.workflow.sweep_jobs import run as run_sweep

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from jointdiff.callbacks.logging import log_image, run_dir
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid, to_uint8
-from jointdiff.metrics.extractors import FeatureExtractor, build_extractor, check_convention
+from jointdiff.metrics.extractors import FeatureExtractor, check_convention
 from jointdiff.metrics.generative import generative_metrics, generative_results
 from jointdiff.metrics.knn_precision_recall import DistanceDtype, KNNPrecisionRecall
 from jointdiff.metrics.prd import PRDPrecisionRecall
@@ -45,6 +45,7 @@ from jointdiff.metrics.reference import (
     real_indices,
     reference_key,
 )
+from jointdiff.models.extractors import build_extractor
 
 Split = Literal["train", "val", "test"]
 RESULTS_FILE = "generative_eval.json"
@@ -250,10 +251,8 @@ class GenerativeEvaluation(L.Callback):
         return generative_metrics(dim, self.knn, self.prd, self.seed, device)
 
     def _sampler_record(self, pl_module: L.LightningModule) -> dict:
-        from jointdiff.models.joint import JointDiffusion
-
         diffusion = getattr(pl_module, "diffusion", None)
-        sampler = "ddpm_ancestral" if isinstance(pl_module, JointDiffusion) else f"{type(pl_module).__name__}.sample"
+        sampler = getattr(pl_module, "sampler_name", f"{type(pl_module).__name__}.sample")
         return {
             "sampler": sampler,
             "sampling_steps": int(diffusion.num_steps) if diffusion is not None else None,

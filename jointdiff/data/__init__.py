@@ -8,7 +8,7 @@ from jointdiff.data.fashion_mnist import FashionMNISTDataModule
 from jointdiff.data.idx import IdxDataModule
 from jointdiff.data.malaria import MalariaDataModule
 from jointdiff.data.mnist import MNISTDataModule
-from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_mask
+from jointdiff.data.semisupervised import UNLABELLED, labelled_mask
 from jointdiff.data.svhn import SVHNDataModule
 from jointdiff.data.usps import USPSDataModule
 
@@ -23,7 +23,6 @@ __all__ = [
     "IdxDataModule",
     "ImageDataModule",
     "ImageTensorDataset",
-    "LabelledBuffer",
     "MNISTDataModule",
     "MalariaDataModule",
     "SVHNDataModule",

@@ -1,4 +1,4 @@
-"""Semi-supervised labels (docs/design.md §7, decision D17) and the labelled-example buffer of the joint model.
+"""Semi-supervised labels (docs/design.md §7, decision D17): which examples keep theirs, and the −1 convention.
 
 Unlabelled examples carry the label ``UNLABELLED`` (−1), the reference's convention; for multi-label targets the
 whole attribute row is −1. The diffusion loss uses every image; only the classifier needs labels.
@@ -83,46 +83,3 @@ def hide_labels(targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     hidden = torch.full_like(targets, UNLABELLED)
     hidden[keep] = targets[keep]
     return hidden
-
-
-class LabelledBuffer:
-    """Clean labelled examples held back until a full classifier batch is available (docs/design.md §7).
-
-    Per step with ``B`` examples of which the labelled ones are ``(x, y)``: if the buffer and the new labelled
-    examples together reach ``B``, :meth:`push` returns all of them (≥ ``B`` examples) and empties the buffer;
-    otherwise it keeps them and returns ``None`` (no classifier term this step). The buffer lives on the
-    examples' device; the joint model saves it in its checkpoints (:meth:`state_dict`), so a resumed run continues
-    with the examples the interrupted one held.
-    """
-
-    def __init__(self):
-        self.images: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-        self.size = 0
-
-    def push(self, x: torch.Tensor, y: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.size + len(x) >= capacity:
-            out = torch.cat([*self.images, x]), torch.cat([*self.targets, y])
-            self.clear()
-            return out
-        if len(x):
-            self.images.append(x.detach())
-            self.targets.append(y.detach())
-            self.size += len(x)
-        return None
-
-    def state_dict(self) -> dict:
-        """The held examples, concatenated on the CPU (empty tensors when the buffer is empty)."""
-        if not self.size:
-            return {"images": torch.empty(0), "targets": torch.empty(0, dtype=torch.long)}
-        return {"images": torch.cat(self.images).cpu(), "targets": torch.cat(self.targets).cpu()}
-
-    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
-        self.clear()
-        if len(state["images"]):
-            self.images = [state["images"].to(device) if device is not None else state["images"]]
-            self.targets = [state["targets"].to(device) if device is not None else state["targets"]]
-            self.size = len(state["images"])
-
-    def clear(self) -> None:
-        self.images, self.targets, self.size = [], [], 0

@@ -7,7 +7,6 @@ from jointdiff.metrics.extractors import (
     FeatureExtractor,
     InceptionFeatures,
     InceptionWeightsNotFoundError,
-    build_extractor,
 )
 from jointdiff.metrics.frechet import FrechetDistance, frechet_distance
 from jointdiff.metrics.knn_precision_recall import KNNPrecisionRecall, knn_precision_recall
@@ -23,7 +22,6 @@ __all__ = [
     "KNNPrecisionRecall",
     "PRDPrecisionRecall",
     "accuracy_metrics",
-    "build_extractor",
     "frechet_distance",
     "knn_precision_recall",
     "prd_precision_recall",

@@ -185,41 +185,40 @@ CLASSIFIER_PREFIX = "classifier:"
 
 
 class ClassifierFeatures(FeatureExtractor):
-    """A classifier trained by this project (``jointdiff fit`` with a classifier config), loaded from its checkpoint.
+    """A classifier network of this project (a ``JointNetwork`` with a head: ``representation``, ``classify``),
+    already loaded; :func:`jointdiff.models.extractors.load_classifier_features` builds one from a checkpoint.
 
     Works offline, for any data the classifier was trained on. Features for FID and precision/recall are the pooled
-    encoder representation ``z = [GAP(m), GAP(e_1), …]`` (docs/design.md §2.2, dimension F) at step index 0; ``logits``
-    gives the head's outputs (the class hit rate). We use ``z`` rather than a head layer because it is defined for every
-    checkpoint of the project, does not pass through the head's dropout/BatchNorm, and is the representation the
-    paper studies. The weights are the module's ``eval_network`` (its EMA copy by default), else ``network``.
+    encoder representation ``z = [GAP(m), GAP(e_1), …]`` (docs/design.md §2.2, dimension F) at step index 0;
+    ``logits`` gives the head's outputs (the class hit rate). We use ``z`` rather than a head layer because it is
+    defined for every classifier of the project, does not pass through the head's dropout/BatchNorm, and is the
+    representation the paper studies.
 
-    Scores are only comparable between runs that use the very same checkpoint; the fingerprint (SHA-256 of the
-    file) is recorded with every result. The classifier should be independent of the model under evaluation
-    (a stand-alone classifier, not the joint model's own head).
+    Scores are only comparable between runs that use the very same weights; ``fingerprint`` (of the checkpoint file)
+    is recorded with every result. The classifier should be independent of the model under evaluation (a
+    stand-alone classifier, not the joint model's own head).
     """
 
-    def __init__(self, checkpoint: str, name: str | None = None):
+    def __init__(self, network: nn.Module, *, fingerprint: str, source: str = "", name: str | None = None,
+                 image_size: int | None = None, channels: int | None = None, task: str = "multiclass",
+                 module_class: str = ""):
         super().__init__()
-        from jointdiff.models.checkpoints import load_model
-
-        module = load_model(checkpoint)
-        network = module.eval_network if hasattr(module, "eval_network") else getattr(module, "network", None)
         unet = getattr(network, "unet", None)
         if unet is None or not hasattr(unet, "encode") or getattr(network, "head", None) is None:
             raise ValueError(
-                f"{checkpoint} holds a {type(module).__name__} without a UNet encoder and classifier head; the "
-                "classifier extractor needs a StandaloneClassifier or a JointDiffusion with classifier_weight > 0"
+                f"{source or 'the network'} holds a {module_class or type(network).__name__} without a UNet encoder "
+                "and classifier head; the classifier extractor needs a StandaloneClassifier or a JointDiffusion with "
+                "classifier_weight > 0"
             )
         self.network = network.requires_grad_(False).eval()
-        self.checkpoint = str(checkpoint)
-        self.fingerprint = file_sha256(checkpoint)[:16]
-        self.name = name or f"classifier-{self.fingerprint[:8]}"
+        self.checkpoint = source
+        self.fingerprint = fingerprint
+        self.name = name or f"classifier-{fingerprint[:8]}"
         self.dim = int(unet.feature_dim)
-        self.image_size = int(module.hparams.get("image_size", 0)) or None
-        self.channels = int(module.hparams.get("channels", 0)) or None
+        self.image_size, self.channels = image_size, channels
         self.num_classes = int(network.head.layers[-1].out_features)
-        self.task = module.hparams.get("task", "multiclass")
-        self.module_class = type(module).__name__
+        self.task = task
+        self.module_class = module_class or type(network).__name__
 
     def _inputs(self, images: torch.Tensor, convention: Convention) -> tuple[torch.Tensor, torch.Tensor]:
         check_convention(convention)
@@ -235,11 +234,8 @@ class ClassifierFeatures(FeatureExtractor):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, convention: Convention = "standard") -> torch.Tensor:
-        from jointdiff.nn.heads import pooled_features
-
         x, t = self._inputs(images, convention)
-        middle, skips = self.network.unet.encode(x, t)
-        return pooled_features(middle, skips).float()
+        return self.network.representation(x, t).float()
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, convention: Convention = "standard") -> torch.Tensor:
@@ -267,19 +263,3 @@ def parse_extractor_spec(spec: str) -> tuple[str | None, str]:
             f"extractor name {name!r} may only hold letters, digits, '_', '.', '-' (it goes into metric keys)"
         )
     return name, rest.strip()
-
-
-def build_extractor(spec: str, inception_weights: str | None = None, allow_download: bool = True) -> FeatureExtractor:
-    """``inception`` (default, standard FID) or ``classifier:<checkpoint>``; ``<name>=`` sets the key name."""
-    name, body = parse_extractor_spec(spec)
-    if body == "inception":
-        extractor = InceptionFeatures(inception_weights, allow_download)
-        if name:
-            extractor.name = name
-        return extractor
-    if body.startswith(CLASSIFIER_PREFIX):
-        path = body[len(CLASSIFIER_PREFIX):]
-        if not path:
-            raise ValueError("classifier extractor needs a checkpoint: 'classifier:/path/to/last.ckpt'")
-        return ClassifierFeatures(path, name)
-    raise ValueError(f"unknown feature extractor {spec!r}: use 'inception' or 'classifier:<checkpoint path>'")

@@ -17,7 +17,7 @@ import torchmetrics
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from jointdiff.data.semisupervised import UNLABELLED, LabelledBuffer, labelled_mask, split_train_batch
+from jointdiff.data.semisupervised import UNLABELLED, labelled_mask, split_train_batch
 from jointdiff.diffusion.conditional import joint_conditional_sample
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
@@ -31,6 +31,7 @@ from jointdiff.models.checkpoints import (
     upgrade_checkpoint,
 )
 from jointdiff.models.ema import EMA
+from jointdiff.models.labelled_buffer import LabelledBuffer
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.heads import pooled_features
 from jointdiff.nn.joint import JointNetwork
@@ -89,6 +90,8 @@ class JointDiffusion(RecordsClass, L.LightningModule):
     loss uses the batch of all images, ``L_cls`` the labelled batch, as on fully labelled data (D4 applies, with its
     own steps and noise; no buffer).
     """
+
+    sampler_name = "ddpm_ancestral"  # what :meth:`sample` runs, for the evaluation's provenance record
 
     def __init__(
         self,

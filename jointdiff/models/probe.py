@@ -38,7 +38,6 @@ from jointdiff.models.classifier import (
 from jointdiff.models.ema import EMA
 from jointdiff.models.joint import JointDiffusion
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
-from jointdiff.nn.heads import pooled_features
 from jointdiff.nn.joint import JointNetwork
 from jointdiff.nn.unet import UNet
 
@@ -173,7 +172,7 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
     @torch.no_grad()
     def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Pooled features ``z`` (B, F) of the frozen encoder; no graph is built."""
-        return pooled_features(*self.network.unet.encode(x, t))
+        return self.network.representation(x, t)
 
     # training -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -39,6 +39,10 @@ class JointNetwork(nn.Module):
         middle, skips = self.unet.encode(x, t)
         return self.unet.decode(middle, skips, t), pooled_features(middle, skips)
 
+    def representation(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The pooled representation z (B, F) of an encoder-only pass (docs/design.md §2.2)."""
+        return pooled_features(*self.unet.encode(x, t))
+
     def classify_pooled(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits ``g([z, t])`` from pooled features z: (B, F)."""
         if self.head is None:

@@ -224,7 +224,7 @@ def alpha_sweep(
     feature_fn = real = None
     extractor_info = None
     if features is not None:
-        from jointdiff.metrics.extractors import build_extractor
+        from jointdiff.models.extractors import build_extractor
 
         extractor = build_extractor(features).to(device)
         extractor_info = extractor.describe()

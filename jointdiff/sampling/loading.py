@@ -63,9 +63,9 @@ def noisy_logits_fn(checkpoint: str, device: str = "cpu") -> tuple[Callable, int
 
 def judge_logits_fn(checkpoint: str, device: str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
     """An independent classifier's logits on clean images (step 0), e.g. a StandaloneClassifier checkpoint."""
-    from jointdiff.metrics.extractors import ClassifierFeatures
+    from jointdiff.models.extractors import load_classifier_features
 
-    features = ClassifierFeatures(checkpoint).to(device)
+    features = load_classifier_features(checkpoint).to(device)
     return lambda x: features.logits(x)
 
 

@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 
 from jointdiff.data.base import ImageDataModule
 from jointdiff.files import atomic_write_json
-from jointdiff.metrics.extractors import build_extractor, check_convention
+from jointdiff.metrics.extractors import check_convention
 from jointdiff.metrics.generative import generative_metrics, generative_results
 from jointdiff.metrics.reference import ReferenceCache, cached_reference_features
+from jointdiff.models.extractors import build_extractor, load_classifier_features
 from jointdiff.sampling.files import Layout, ValueRange, read_samples
 
 
@@ -103,9 +104,8 @@ def score_samples(
             results.update(generative_results(metrics, "score", name, conv))
     if judge:
         from jointdiff.metrics.accuracy import ClassHitRate
-        from jointdiff.metrics.extractors import ClassifierFeatures
 
-        hit = ClassHitRate(ClassifierFeatures(judge).to(device)).to(device)
+        hit = ClassHitRate(load_classifier_features(judge).to(device)).to(device)
         for i in range(0, len(images), batch_size):
             hit.update(images[i:i + batch_size].to(device), targets[i:i + batch_size].to(device))
         out = hit.compute()

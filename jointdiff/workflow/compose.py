@@ -18,14 +18,14 @@ from collections.abc import Iterator
 import lightning as L
 import torch
 
-import jointdiff.cli as jcli
+from jointdiff.workflow.lightning_cli import JointDiffCLI, run_lightning_cli
 
 META_UNSAFE = ("FrozenDDPMProbe", "PDAE")  # load a checkpoint's tensors in __init__: build them for real
 _PARSER_CACHE: dict[str, tuple] = {}
 _SETTINGS: dict[str, bool | None] = {"meta": None}
 
 
-class _CheckingCLI(jcli.JointDiffCLI):
+class _CheckingCLI(JointDiffCLI):
     """The project's CLI with a parser kept for the next instance in this process and a device chosen per model."""
 
     def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
@@ -51,20 +51,20 @@ def _skip(method):
 
 @contextlib.contextmanager
 def _no_training(meta: bool | None) -> Iterator[None]:
-    original = jcli.JointDiffCLI, L.Trainer.fit, L.Trainer.test, _SETTINGS["meta"]
-    jcli.JointDiffCLI, _SETTINGS["meta"] = _CheckingCLI, meta
+    original = L.Trainer.fit, L.Trainer.test, _SETTINGS["meta"]
+    _SETTINGS["meta"] = meta
     L.Trainer.fit, L.Trainer.test = _skip(L.Trainer.fit), _skip(L.Trainer.test)
     try:
         yield
     finally:
-        jcli.JointDiffCLI, L.Trainer.fit, L.Trainer.test, _SETTINGS["meta"] = original
+        L.Trainer.fit, L.Trainer.test, _SETTINGS["meta"] = original
 
 
-def instantiate(fit_args: list[str], meta: bool | None = None) -> jcli.JointDiffCLI:
+def instantiate(fit_args: list[str], meta: bool | None = None) -> JointDiffCLI:
     """Parse and build everything ``jointdiff fit <fit_args>`` would build, then stop before training.
 
     ``meta=None`` uses the meta device unless the model is in :data:`META_UNSAFE`. Returns the CLI object
     (``.trainer``, ``.model``, ``.datamodule``, ``.config["fit"]``).
     """
     with _no_training(meta):
-        return jcli.run_lightning_cli(["fit", *fit_args])
+        return run_lightning_cli(["fit", *fit_args], cli_class=_CheckingCLI)

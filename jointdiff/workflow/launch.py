@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jointdiff.files import atomic_write_json
-from jointdiff.workflow.callbacks import attempt_status
-from jointdiff.workflow.runs import RUN_DIR_ENV
+from jointdiff.workflow.runs import RUN_DIR_ENV, attempt_status
 from jointdiff.workflow.sweeps import fit_args
 
 SLURM_ARRAY_TEMPLATE = "experiments/slurm/array.sbatch"

@@ -84,7 +84,7 @@ class WandbRunLogger(WandbLogger):
 
     Args:
         project, entity, group, tags, notes, job_type: as ``wandb.init``.
-        name: display name; ``None`` lets :class:`~jointdiff.workflow.callbacks.WandbResolvedConfig` name the run
+        name: display name; ``None`` lets :class:`~jointdiff.callbacks.workflow.WandbResolvedConfig` name the run
             after its local folder (``runs/.../version_0``), so the two are easy to match.
         id: a fixed run id; ``None`` chooses one by :func:`~jointdiff.workflow.runs.wandb_run_id`.
         save_dir: where wandb keeps its local files; ``None``: ``$JOINTDIFF_RUN_DIR`` when set, else ``runs``.

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jointdiff.workflow import paper_numbers as P
-from jointdiff.workflow.callbacks import attempt_status
 from jointdiff.workflow.results import (
     DATASET_NAMES,
     AlphaPoint,
@@ -19,6 +18,7 @@ from jointdiff.workflow.results import (
     pick,
     read_run,
 )
+from jointdiff.workflow.runs import attempt_status
 
 PAPER_STEPS = {"fashion_mnist": 100_000, "svhn": 250_000, "cifar10": 500_000, "cifar100": 500_000}
 GEN_PREFERENCE = ("inception/reference", "inception/standard")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import string
 from pathlib import Path
 
 RUN_DIR_ENV = "JOINTDIFF_RUN_DIR"
 WANDB_ID_FILE = "wandb_run_id"
+RUN_RECORD = "run.json"  # one entry per attempt, written by jointdiff.callbacks.workflow.RunRecord
 
 
 def slurm_run_key(env: dict[str, str] | None = None) -> str | None:
@@ -78,3 +80,22 @@ def wandb_run_id(explicit: str | None = None, run_dir: Path | None = None, env: 
         return f"slurm-{cluster}-{key}" if cluster else f"slurm-{key}"
     alphabet = string.ascii_lowercase + string.digits  # the format of wandb's own ids (8 characters)
     return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def attempt_status(attempt: dict) -> str:
+    """An attempt's recorded status, with ``running`` read as ``stale`` when it was recorded on this host by a
+    process that no longer exists (a SIGKILLed run never records its end)."""
+    status = attempt.get("status", "running")
+    if status == "running" and attempt.get("host") == socket.gethostname() and attempt.get("pid"):
+        return "running" if pid_alive(int(attempt["pid"])) else "stale"
+    return status

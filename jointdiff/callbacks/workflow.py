@@ -4,7 +4,7 @@
 ``--print_config`` shows and ``config.yaml`` holds) to each W&B logger: as the run's config, so runs can be filtered
 and compared on any key in the W&B UI, and as the file ``config.yaml``, so a W&B run can be re-launched exactly.
 Lightning on its own sends only the model's hyperparameters. (LightningCLI's documented alternative is a
-``SaveConfigCallback`` subclass passed to the CLI; a callback in the config needs no change to ``jointdiff.cli``.)
+``SaveConfigCallback`` subclass passed to the CLI; a callback in the config needs no change to the CLI.)
 
 ``RunRecord`` appends one entry per attempt to ``<run dir>/run.json``: when and where it started, from which
 checkpoint and at which step it resumed, the SLURM job and restart count, the W&B run, and how it ended. A requeued
@@ -28,9 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from jointdiff.callbacks.logging import run_dir
 from jointdiff.files import atomic_write_json
-from jointdiff.workflow.runs import slurm_run_key
-
-RUN_RECORD = "run.json"
+from jointdiff.workflow.runs import RUN_RECORD, slurm_run_key
 
 
 def resolved_config(trainer: L.Trainer) -> tuple[dict, str] | None:
@@ -149,22 +147,3 @@ class RunRecord(L.Callback):
         signalled = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         reason = f"{type(exception).__name__}: {exception}"[:300]
         self._finish(trainer, "interrupted" if signalled else "failed", reason)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def attempt_status(attempt: dict) -> str:
-    """An attempt's recorded status, with ``running`` read as ``stale`` when it was recorded on this host by a
-    process that no longer exists (a SIGKILLed run never records its end)."""
-    status = attempt.get("status", "running")
-    if status == "running" and attempt.get("host") == socket.gethostname() and attempt.get("pid"):
-        return "running" if pid_alive(int(attempt["pid"])) else "stale"
-    return status
