@@ -32,9 +32,9 @@ from jointdiff.diffusion.conditional import ClassSteering
 from jointdiff.diffusion.engine import reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.guidance import guidance_shift
-from jointdiff.diffusion.targets import target_loss
 from jointdiff.models.joint import JointDiffusion
 from jointdiff.models.noise_aware import NoiseAwareClassifier
+from jointdiff.tasks import classification_loss
 
 SIZES = {
     "demo": (dict(model_channels=16, norm_groups=16, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
@@ -175,7 +175,7 @@ def _phases(net, x, t, y):
         with torch.enable_grad():
             middle, skips = net.encode(x.detach().requires_grad_(True), t)
             logits = net.classify_features(middle, skips, t)
-            torch.autograd.grad(target_loss(logits, y, "multiclass"), [middle, *skips])
+            torch.autograd.grad(classification_loss(logits, y, "multiclass", reduction="sum"), [middle, *skips])
 
     return {"encoder (no graph)": encode_plain, "encoder (graph)": encode_graph, "decoder": decode,
             "enc+head+backward": head_and_backward}

@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import jointdiff.data as data  # noqa: E402
 from jointdiff.diffusion.gaussian import GaussianDiffusion  # noqa: E402
-from jointdiff.models.probe import frozen_encoder, load_pretrained_dpm  # noqa: E402
+from jointdiff.models.pretrained import frozen_encoder, load_pretrained_dpm  # noqa: E402
 from jointdiff.nn.heads import pooled_features  # noqa: E402
 
 

@@ -13,9 +13,9 @@ from jointdiff.diffusion.conditional import (
     joint_conditional_sample,
     steered_features,
 )
-from jointdiff.diffusion.targets import target_loss
 from jointdiff.nn.joint import JointNetwork
 from jointdiff.nn.unet import UNet
+from jointdiff.tasks import classification_loss
 
 N_CLASSES = 3
 
@@ -54,7 +54,7 @@ def loss_with_tap_shift(net, x, t, y, task, k, delta):
     try:
         with torch.no_grad():
             m, skips = net.unet.encode(x, t)
-            return target_loss(net.classify_features(m, skips, t), y, task).item()
+            return classification_loss(net.classify_features(m, skips, t), y, task, reduction="sum").item()
     finally:
         handle.remove()
 
@@ -85,7 +85,8 @@ def test_feature_updates_are_total_derivatives_by_finite_differences(task):
     # the stem output also reaches the loss through every later block: its total derivative is not just the
     # direct GAP path, and finite differences agreed with the total one above
     stem = skips[0].detach().requires_grad_(True)
-    direct = torch.autograd.grad(target_loss(net.classify_features(m, [stem, *skips[1:]], t), y, task), stem)[0]
+    logits = net.classify_features(m, [stem, *skips[1:]], t)
+    direct = torch.autograd.grad(classification_loss(logits, y, task, reduction="sum"), stem)[0]
     assert not torch.allclose(direct, (skips_up[0] - skips[0]) / alpha, rtol=1e-3)
 
 

@@ -11,13 +11,13 @@ import torch
 from test_sampling_cli import write_checkpoint  # tests/ is on sys.path (rootdir conftest, no package)
 
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
-from jointdiff.diffusion.targets import hit_rate
 from jointdiff.metrics.frechet import FrechetDistance
 from jointdiff.models.checkpoints import load_model
 from jointdiff.models.extractors import load_classifier_features
 from jointdiff.sampling.alpha_sweep import alpha_sweep
 from jointdiff.sampling.generate import generate
 from jointdiff.sampling.loading import judge_logits_fn
+from jointdiff.tasks import hits
 
 
 class TinyData(ImageDataModule):
@@ -52,7 +52,8 @@ def test_alpha_sweep_rows_files_and_alpha_zero_baseline(tmp_path):
     model = load_model(ckpt)
     x = generate(model, "ddpm", 12, seed=0, batch_size=5)
     y = torch.tensor([0] * 6 + [2] * 6)
-    assert rows[0]["judge_hit_rate"] == pytest.approx(hit_rate(judge_logits_fn(ckpt)(x), y, "multiclass"))
+    expected = hits(judge_logits_fn(ckpt)(x), y, "multiclass").float().mean()
+    assert rows[0]["judge_hit_rate"] == pytest.approx(float(expected))
     extractor = load_classifier_features(ckpt)
     data = TinyData()
     data.setup("test")

@@ -13,7 +13,7 @@ from jointdiff.diffusion import GaussianDiffusion
 from jointdiff.diffusion.conditional import joint_conditional_denoise, joint_conditional_sample
 from jointdiff.diffusion.ddim import respaced_timesteps
 from jointdiff.diffusion.engine import PerSampleNoise, reverse_process, sample_seed
-from jointdiff.diffusion.targets import target_loss
+from jointdiff.tasks import classification_loss
 
 T = 20
 
@@ -28,7 +28,7 @@ def reference_respaced_joint(net, diffusion, x, steps, y, alphas, eta, xis):
         t = torch.full((x.shape[0],), i, dtype=torch.long)
         xg = x.detach().requires_grad_(True)
         m, skips = net.unet.encode(xg, t)
-        loss = target_loss(net.classify_features(m, skips, t), y, "multiclass")
+        loss = classification_loss(net.classify_features(m, skips, t), y, "multiclass", reduction="sum")
         grads = torch.autograd.grad(loss, [m, *skips])
         a = alphas[k]
         eps = net.unet.decode(m + a * grads[0], [e + a * g for e, g in zip(skips, grads[1:], strict=True)], t).detach()

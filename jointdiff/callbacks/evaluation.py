@@ -268,47 +268,10 @@ class GenerativeEvaluation(L.Callback):
         combos = [(name, conv) for name in self.extractors for conv in self.conventions]
         for extractor in self.extractors.values():
             extractor.to(device)
-
-        metrics, keys, sources = {}, {}, {}
-        for name, conv in combos:
-            extractor = self.extractors[name]
-            real, keys[(name, conv)], sources[f"{name}/{conv}"] = self.reference_features(
-                trainer, extractor, conv, device
-            )
-            metrics[(name, conv)] = self._metrics(extractor.dim, device)
-            shard = real[rank::world].to(device)  # each real row fed on exactly one rank; synced on compute
-            for m in metrics[(name, conv)].values():
-                m.update(shard, real=True)
-        _sync(device)
+        metrics, keys, sources = self._feed_reference(trainer, combos, device)
         t_reference = time.perf_counter() - t_start
-
-        batches = global_batches(self.num_samples, self.batch_size)
-        mine = rank_batches(self.num_samples, self.batch_size, rank, world)
-        t_sampling = t_features = 0.0
-        grid_path = None
-        kept: list[torch.Tensor] = []  # this rank's samples as uint8 (save_samples)
-        for b in tqdm(mine, desc=f"generative eval ({len(batches)} batches over {world} process(es))",
-                      disable=rank != 0):
-            start, stop = batches[b]
-            t0 = time.perf_counter()
-            generator = torch.Generator(device=device).manual_seed(batch_seed(self.seed, b))
-            images = pl_module.sample(stop - start, generator=generator, use_ema=self.use_ema, progress=False)
-            _sync(device)
-            t1 = time.perf_counter()
-            for name, conv in combos:
-                features = self.extractors[name](images, conv)
-                for m in metrics[(name, conv)].values():
-                    m.update(features, real=False)
-            _sync(device)
-            t_sampling += t1 - t0
-            t_features += time.perf_counter() - t1
-            if self.save_samples:
-                kept.append(to_uint8(images, rounding="round").flatten(1).cpu())
-            if b == 0 and self.grid_size > 0:
-                name = f"eval_{prefix}_step_{trainer.global_step:07d}.png"
-                grid_path = save_grid(images[: self.grid_size], out_dir / "samples" / name)
-                log_image(trainer, f"samples/eval_{prefix}", grid_path, step=trainer.global_step)
-
+        t_sampling, t_features, grid_path, kept = self._feed_samples(trainer, pl_module, combos, metrics, prefix,
+                                                                     out_dir)
         samples_path = None
         if self.save_samples:
             samples_path = self._write_samples(trainer, kept, out_dir / "samples" /
@@ -359,6 +322,57 @@ class GenerativeEvaluation(L.Callback):
             lines += [f"  {k:<52} {v:.4f}" for k, v in results.items()]
             rank_zero_info("\n".join(lines))
         return results
+
+    def _feed_reference(self, trainer: L.Trainer, combos: list[tuple[str, str]], device: torch.device):
+        """Fresh metrics per (extractor, convention), each fed the real features (each row on one rank); returns
+        the metrics, the reference keys and their sources."""
+        world, rank = trainer.world_size, trainer.global_rank
+        metrics, keys, sources = {}, {}, {}
+        for name, conv in combos:
+            extractor = self.extractors[name]
+            real, keys[(name, conv)], sources[f"{name}/{conv}"] = self.reference_features(
+                trainer, extractor, conv, device
+            )
+            metrics[(name, conv)] = self._metrics(extractor.dim, device)
+            shard = real[rank::world].to(device)  # each real row fed on exactly one rank; synced on compute
+            for m in metrics[(name, conv)].values():
+                m.update(shard, real=True)
+        _sync(device)
+        return metrics, keys, sources
+
+    def _feed_samples(self, trainer: L.Trainer, pl_module: L.LightningModule, combos: list[tuple[str, str]],
+                      metrics: dict, prefix: str, out_dir: Path) -> tuple[float, float, Path | None, list]:
+        """Draw this rank's sample batches (each seeded by its global index) and feed their features to the
+        metrics; writes and logs the first batch's grid. Returns (sampling s, feature s, grid path, this rank's
+        uint8 samples when ``save_samples``)."""
+        device, world, rank = pl_module.device, trainer.world_size, trainer.global_rank
+        batches = global_batches(self.num_samples, self.batch_size)
+        mine = rank_batches(self.num_samples, self.batch_size, rank, world)
+        t_sampling = t_features = 0.0
+        grid_path = None
+        kept: list[torch.Tensor] = []
+        for b in tqdm(mine, desc=f"generative eval ({len(batches)} batches over {world} process(es))",
+                      disable=rank != 0):
+            start, stop = batches[b]
+            t0 = time.perf_counter()
+            generator = torch.Generator(device=device).manual_seed(batch_seed(self.seed, b))
+            images = pl_module.sample(stop - start, generator=generator, use_ema=self.use_ema, progress=False)
+            _sync(device)
+            t1 = time.perf_counter()
+            for name, conv in combos:
+                features = self.extractors[name](images, conv)
+                for m in metrics[(name, conv)].values():
+                    m.update(features, real=False)
+            _sync(device)
+            t_sampling += t1 - t0
+            t_features += time.perf_counter() - t1
+            if self.save_samples:
+                kept.append(to_uint8(images, rounding="round").flatten(1).cpu())
+            if b == 0 and self.grid_size > 0:
+                name = f"eval_{prefix}_step_{trainer.global_step:07d}.png"
+                grid_path = save_grid(images[: self.grid_size], out_dir / "samples" / name)
+                log_image(trainer, f"samples/eval_{prefix}", grid_path, step=trainer.global_step)
+        return t_sampling, t_features, grid_path, kept
 
     def _write_samples(self, trainer: L.Trainer, kept: list[torch.Tensor], path: Path, pl_module) -> Path:
         """Gather every rank's uint8 samples in global order; rank 0 writes them (``write_samples`` layout)."""

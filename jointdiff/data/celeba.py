@@ -75,7 +75,7 @@ class CelebADataModule(ImageDataModule):
     first; then the shorter side is resized to ``image_size`` and the centre square kept (the reference's
     ``Resize(64)`` + ``CenterCrop(64)`` when ``center_crop`` is None).
 
-    Targets: ``attributes=None`` gives all 40 attributes as a multi-label target (``task="multilabel"``, spec
+    Targets: ``attributes=None`` gives all 40 attributes as a multi-label target (``task="multilabel"``, docs/design.md
     §4.3); a list of names gives that subset, still multi-label; a single name (a string) gives a binary
     two-class task (``task="multiclass"``, ``num_classes=2``).
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torchvision
 
-from jointdiff.data.idx import IDX_FILES, IdxDataModule, _find_idx_folder, _torchvision_layout
+from jointdiff.data.idx import IdxDataModule
 
-__all__ = ["IDX_FILES", "FashionMNISTDataModule", "IdxDataModule", "_find_idx_folder", "_torchvision_layout"]
+__all__ = ["FashionMNISTDataModule"]
 
 
 class FashionMNISTDataModule(IdxDataModule):

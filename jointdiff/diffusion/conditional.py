@@ -26,8 +26,8 @@ import torch
 
 from jointdiff.diffusion.engine import Noise, Step, full_grid, initial_noise, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion
-from jointdiff.diffusion.targets import check_targets, target_loss
 from jointdiff.nn.joint import JointNetwork
+from jointdiff.tasks import check_targets, classification_loss
 
 Alpha = float | Sequence[float] | torch.Tensor
 StepCallback = Callable[[int, torch.Tensor], None]  # (step index i, head logits (B, n) at that step)
@@ -75,7 +75,7 @@ def steer_features(
     ``∂ℓ/∂e_k`` includes the paths through the later encoder blocks and ``m``, not only ``GAP(e_k)``."""
     with torch.enable_grad():
         logits = network.classify_features(middle, skips, t)
-        grads = torch.autograd.grad(target_loss(logits, targets, task), [middle, *skips])
+        grads = torch.autograd.grad(classification_loss(logits, targets, task, reduction="sum"), [middle, *skips])
     middle = (middle + step_size * grads[0]).detach()
     skips = [(e + step_size * g).detach() for e, g in zip(skips, grads[1:], strict=True)]
     return middle, skips, logits.detach()

@@ -2,7 +2,7 @@
 
 The update itself is the engine's ``update="ddim"`` (:mod:`jointdiff.diffusion.engine`); this module holds the
 grid (:func:`respaced_timesteps`) and the inversion. The joint conditional sampler can run on such a grid too
-(:mod:`jointdiff.diffusion.conditional`; the reference runs it over all T ancestral steps only, spec D22).
+(:mod:`jointdiff.diffusion.conditional`; the reference runs it over all T ancestral steps only, D22).
 
 Convention. ``timesteps = [τ_0 < τ_1 < … < τ_{S-1}]`` are *original* step indices with ``τ_0 = 0``. The sampler
 holds ``x`` at the noise level of ``τ_k`` and moves it to the level of ``τ_{k-1}``; below ``τ_0`` is the clean

@@ -17,7 +17,7 @@ import torch
 
 from jointdiff.diffusion.engine import EpsFn, MeanShift, Noise, Step, initial_noise, reverse_process
 from jointdiff.diffusion.gaussian import GaussianDiffusion, extract
-from jointdiff.diffusion.targets import check_targets, target_loss
+from jointdiff.tasks import check_targets, classification_loss
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,7 +28,7 @@ def guidance_gradient(
     """``∇_x Σ_b log p(y_b | x_t, t)``, (B, c, H, W); the summed objective keeps per-sample gradients separate."""
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(-target_loss(logits_fn(x, t), targets, task), [x])
+        (grad,) = torch.autograd.grad(-classification_loss(logits_fn(x, t), targets, task, reduction="sum"), [x])
     return grad
 
 

@@ -12,35 +12,23 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
 from jointdiff.metrics.extractors import ClassifierFeatures, Convention, check_convention
+from jointdiff.tasks import check_task, hits
+
+
+def accuracy_metric(task: str, num_classes: int) -> Metric:
+    """The accuracy every model reports: top-1 (multiclass) or the mean per-attribute accuracy, logit > 0 ⇒ 1
+    (multilabel, docs/design.md §10)."""
+    if check_task(task) == "multilabel":
+        return MultilabelAccuracy(num_labels=num_classes, average="macro")
+    return MulticlassAccuracy(num_classes=num_classes, average="micro")
 
 
 def accuracy_metrics(task: str, num_classes: int) -> MetricCollection:
-    """``acc``: top-1 accuracy (multi-class) or mean per-attribute accuracy, logit > 0 ⇒ 1 (multi-label,
-    docs/design.md §10); multi-label adds ``acc_per_attribute`` ((num_classes,) tensor)."""
-    if task == "multiclass":
-        return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
+    """``acc`` (:func:`accuracy_metric`); multilabel adds ``acc_per_attribute`` ((num_classes,) tensor)."""
+    metrics = {"acc": accuracy_metric(task, num_classes)}
     if task == "multilabel":
-        return MetricCollection({
-            "acc": MultilabelAccuracy(num_labels=num_classes, average="macro"),
-            "acc_per_attribute": MultilabelAccuracy(num_labels=num_classes, average="none"),
-        })
-    raise ValueError(f"task must be multiclass or multilabel, got {task!r}")
-
-
-def hits(logits: torch.Tensor, requested: torch.Tensor, task: str) -> torch.Tensor:
-    """Per-sample hit: argmax = requested class (multi-class, (B,) bool) or per-attribute agreement of
-    ``logit > 0`` with the requested 0/1 vector (multi-label, (B, n) bool)."""
-    if task == "multiclass":
-        if requested.ndim != 1 or logits.ndim != 2 or len(requested) != len(logits):
-            raise ValueError(f"multiclass hit rate needs logits (B, n) and requested (B,), got "
-                             f"{tuple(logits.shape)} and {tuple(requested.shape)}")
-        return logits.argmax(dim=1) == requested
-    if task == "multilabel":
-        if requested.shape != logits.shape:
-            raise ValueError(f"multilabel hit rate needs requested of the logits' shape {tuple(logits.shape)}, "
-                             f"got {tuple(requested.shape)}")
-        return (logits > 0) == requested.bool()
-    raise ValueError(f"task must be multiclass or multilabel, got {task!r}")
+        metrics["acc_per_attribute"] = MultilabelAccuracy(num_labels=num_classes, average="none")
+    return MetricCollection(metrics)
 
 
 class ClassHitRate(Metric):

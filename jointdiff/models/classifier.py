@@ -4,9 +4,6 @@ The "Classifier" row of the paper's Tables 1, 5 and 6 (docs/design.md §9). The 
 with ``L_diff·0 + 0.001·CE``; we follow decision D13 instead: CE weight 1.0 (Adam is nearly scale invariant, so the two
 differ only through AdamW's ε) and the UNet decoder is not built, since it would receive zero gradient anyway.
 The classifier sees the clean, augmented image at step index 0, exactly the joint model's classifier pass.
-
-Also holds the small pieces the other classification baselines share (label masking, losses, metrics, the
-DataModule check).
 """
 
 from __future__ import annotations
@@ -14,54 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import lightning as L
 import torch
-import torch.nn.functional as F
-import torchmetrics
-from torch import nn
 
 from jointdiff.data.semisupervised import labelled_mask, split_train_batch
 from jointdiff.models.args import check_optimizer_args
+from jointdiff.models.base import HeadEvaluation, build_unet, check_datamodule_matches
 from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.ema import EMA
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.joint import JointNetwork
-from jointdiff.nn.unet import UNet
-
-Task = Literal["multiclass", "multilabel"]
-def classification_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Mean CE (multi-class) or mean BCE-with-logits over batch × attributes (multi-label, docs/design.md §4.3)."""
-    if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, y.float())
-    return F.cross_entropy(logits, y)
+from jointdiff.tasks import Task, classification_loss
 
 
-def accuracy_metric(num_classes: int, task: str) -> torchmetrics.Metric:
-    """Top-1 accuracy, or mean per-attribute accuracy with logit > 0 ⇒ 1 for multi-label (docs/design.md §4.3, §10)."""
-    if task == "multilabel":
-        return torchmetrics.classification.MultilabelAccuracy(num_labels=num_classes, average="macro")
-    return torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, average="micro")
-
-
-def check_datamodule_matches(module: L.LightningModule, keys: Sequence[str], labelled_stream: bool = False) -> None:
-    """Reject a DataModule whose images or labels do not fit ``module``'s hyper-parameters, or whose batches carry a
-    labelled stream (``semi_supervised_mode=stream``) that the module cannot train on, before any step."""
-    trainer = module._trainer
-    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-    if dm is None:
-        return
-    if not labelled_stream and getattr(dm, "semi_supervised_mode", "buffer") == "stream":
-        raise ValueError(f"{type(module).__name__} does not train on a labelled stream: "
-                         "set data.semi_supervised_mode=buffer")
-    for key in keys:
-        if hasattr(dm, key) and getattr(dm, key) != module.hparams[key]:
-            raise ValueError(
-                f"model.{key}={module.hparams[key]!r} does not match data.{key}={getattr(dm, key)!r}; "
-                "the CLI links these automatically — don't set them by hand"
-            )
-
-
-class StandaloneClassifier(RecordsClass, L.LightningModule):
+class StandaloneClassifier(RecordsClass, HeadEvaluation):
     """The joint model's UNet encoder + :class:`~jointdiff.nn.heads.PooledFeatureHead`, trained with CE only.
 
     ``network`` is a :class:`~jointdiff.nn.joint.JointNetwork` whose UNet has no decoder: ``network.classify(x, t)``,
@@ -107,24 +69,13 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
             raise ValueError(f"task must be multiclass|multilabel, got {task!r}")
         if eval_weights not in ("ema", "raw"):
             raise ValueError(f"eval_weights must be ema|raw, got {eval_weights!r}")
-        unet = UNet(
-            image_size, channels, model_channels, channel_mult, num_res_blocks, attention_downsample,
-            num_heads, dropout, norm_groups, decoder=False,
-        )
-        self.network = JointNetwork(unet, num_classes, head_dropout)
+        self.network = JointNetwork(build_unet(self.hparams, decoder=False), num_classes, head_dropout)
         self.ema = EMA(self.network, ema_decay)
         self.augment = ClassifierAugmentation(classifier_augmentation, image_size, channels)
-        self.metrics = nn.ModuleDict(
-            {f"{split}_{w}": accuracy_metric(num_classes, task) for split in ("val", "test") for w in ("ema", "raw")}
-        )
-        self.best_val_acc = torchmetrics.MaxMetric()
-
-    @property
-    def eval_network(self) -> JointNetwork:
-        return self.ema.module if self.hparams.eval_weights == "ema" else self.network
+        self.init_head_evaluation(task, num_classes)
 
     def setup(self, stage: str) -> None:
-        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"), labelled_stream=True)
+        check_datamodule_matches(self, labelled_stream=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes, −1 = unlabelled. With a labelled
@@ -143,42 +94,15 @@ class StandaloneClassifier(RecordsClass, L.LightningModule):
         self.log("train/classifier_loss", loss, prog_bar=True, batch_size=n_labelled)
         return loss
 
-    # evaluation ------------------------------------------------------------------------------------------------
-    def _evaluate(self, batch, split: str) -> None:
+    # evaluation (HeadEvaluation's protocol) ----------------------------------------------------------------------
+    def evaluate_batch(self, batch, batch_idx: int, split: str) -> None:
         x0, y = batch
         keep = labelled_mask(y)
         x0, y = x0[keep], y[keep]
         if len(y) == 0:
             return
         t0 = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
-        for w, net in (("ema", self.ema.module), ("raw", self.network)):
-            logits = net.classify(x0, t0)
-            metric = self.metrics[f"{split}_{w}"]
-            metric.update(logits, y)
-            self.log(f"{split}/acc_{w}", metric, on_epoch=True, on_step=False)
-            if w == self.hparams.eval_weights:
-                loss = classification_loss(logits, y, self.hparams.task)
-                self.log(f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=len(y), sync_dist=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _log_selected_accuracy(self, split: str) -> torch.Tensor:
-        acc = self.metrics[f"{split}_{self.hparams.eval_weights}"].compute()
-        self.log(f"{split}/acc", acc, prog_bar=True)
-        return acc
-
-    def on_validation_epoch_end(self) -> None:
-        acc = self._log_selected_accuracy("val")
-        if not self.trainer.sanity_checking:
-            self.best_val_acc.update(acc)
-            self.log("val/acc_best", self.best_val_acc.compute())  # D7: best is a separately named metric
-
-    def on_test_epoch_end(self) -> None:
-        self._log_selected_accuracy("test")
+        self.score_head(split, lambda net: net.classify(x0, t0), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

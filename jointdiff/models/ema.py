@@ -27,12 +27,11 @@ class EMA(nn.Module):
     (:func:`jointdiff.models.checkpoints.upgrade_checkpoint`).
     """
 
-    def __init__(self, network: nn.Module, decay: float = 0.9999, warmup: bool = True):
+    def __init__(self, network: nn.Module, decay: float = 0.9999):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.warmup = warmup
         self.module = copy.deepcopy(network).requires_grad_(False).eval()
         self.num_updates = 0  # a Python int: reading it never syncs the device
 
@@ -41,7 +40,7 @@ class EMA(nn.Module):
         return super().train(False)
 
     def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        return min(self.decay, (1 + step) / (10 + step))
 
     def get_extra_state(self) -> torch.Tensor:
         # a 0-d CPU tensor (not a dict) so that state dicts stay tensor-valued for every consumer

@@ -10,12 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
-import torch.nn.functional as F
-import torchmetrics
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 
 from jointdiff.data.semisupervised import UNLABELLED, labelled_mask, split_train_batch
 from jointdiff.diffusion.conditional import joint_conditional_sample
@@ -23,6 +19,7 @@ from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.schedules import BetaSchedule
 from jointdiff.models.args import check_optimizer_args
+from jointdiff.models.base import HeadEvaluation, build_unet, check_datamodule_matches
 from jointdiff.models.checkpoints import (
     RecordsClass,
     check_checkpoint_fits,
@@ -35,13 +32,36 @@ from jointdiff.models.labelled_buffer import LabelledBuffer
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.heads import pooled_features
 from jointdiff.nn.joint import JointNetwork
-from jointdiff.nn.unet import UNet
+from jointdiff.tasks import Task, classification_loss
 
-Task = Literal["multiclass", "multilabel"]
 NoisyClassifier = Literal["off", "replace", "add"]
 
 
-class JointDiffusion(RecordsClass, L.LightningModule):
+def check_classifier_args(hp) -> None:
+    """Reject classifier settings that contradict each other (before anything is built)."""
+    if hp.classifier_weight < 0:
+        raise ValueError(f"classifier_weight must be >= 0, got {hp.classifier_weight}")
+    if hp.skip_classifier_loss and hp.classifier_weight == 0:
+        raise ValueError("skip_classifier_loss keeps a head to evaluate: it needs classifier_weight > 0")
+    if hp.noisy_classifier not in ("off", "replace", "add"):
+        raise ValueError(f"noisy_classifier must be off|replace|add, got {hp.noisy_classifier!r}")
+    steps = hp.noisy_timesteps
+    if steps is not None:
+        bad = [i for i in steps if not 0 <= i < hp.diffusion_steps]
+        if not steps or bad:
+            raise ValueError(f"noisy_timesteps must be a non-empty subset of 0..{hp.diffusion_steps - 1}, got "
+                             f"{bad or []}")
+    if hp.share_encoder_pass and hp.classifier_weight > 0 and (
+        hp.noisy_classifier == "off" or steps is not None or hp.classifier_augmentation != "off"
+    ):
+        raise ValueError(
+            "share_encoder_pass needs the classifier to see the diffusion's own x_i: set "
+            "noisy_classifier=replace|add, noisy_timesteps=null and classifier_augmentation=off (got "
+            f"{hp.noisy_classifier!r}, {steps}, {hp.classifier_augmentation!r}), or share_encoder_pass=false"
+        )
+
+
+class JointDiffusion(RecordsClass, HeadEvaluation):
     """Joint diffusion model (Deja et al. 2023).
 
     Data-shape arguments (``image_size``, ``channels``, ``num_classes``, ``task``) are linked from the DataModule by
@@ -126,33 +146,11 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_optimizer_args(lr, weight_decay)
-        if classifier_weight < 0:
-            raise ValueError(f"classifier_weight must be >= 0, got {classifier_weight}")
-        if skip_classifier_loss and classifier_weight == 0:
-            raise ValueError("skip_classifier_loss keeps a head to evaluate: it needs classifier_weight > 0")
-        if noisy_classifier not in ("off", "replace", "add"):
-            raise ValueError(f"noisy_classifier must be off|replace|add, got {noisy_classifier!r}")
+        check_classifier_args(self.hparams)
         if noisy_timesteps is not None:
-            bad = [i for i in noisy_timesteps if not 0 <= i < diffusion_steps]
-            if not noisy_timesteps or bad:
-                raise ValueError(
-                    f"noisy_timesteps must be a non-empty subset of 0..{diffusion_steps - 1}, got {bad or []}"
-                )
             self.register_buffer("noisy_steps", torch.tensor(list(noisy_timesteps)), persistent=False)
-        if share_encoder_pass and classifier_weight > 0 and (
-            noisy_classifier == "off" or noisy_timesteps is not None or classifier_augmentation != "off"
-        ):
-            raise ValueError(
-                "share_encoder_pass needs the classifier to see the diffusion's own x_i: set "
-                "noisy_classifier=replace|add, noisy_timesteps=null and classifier_augmentation=off (got "
-                f"{noisy_classifier!r}, {noisy_timesteps}, {classifier_augmentation!r}), or share_encoder_pass=false"
-            )
         self.has_head = classifier_weight > 0
-        unet = UNet(
-            image_size, channels, model_channels, channel_mult, num_res_blocks, attention_downsample,
-            num_heads, dropout, norm_groups,
-        )
-        self.network = JointNetwork(unet, num_classes if self.has_head else None, head_dropout)
+        self.network = JointNetwork(build_unet(self.hparams), num_classes if self.has_head else None, head_dropout)
         self.ema = EMA(self.network, ema_decay)
         self.diffusion = GaussianDiffusion(diffusion_steps, beta_schedule)
         self.augment = ClassifierAugmentation(classifier_augmentation, image_size, channels)
@@ -163,22 +161,9 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         self._may_have_unlabelled = True  # narrowed in setup() from the DataModule's training labels
         self._initialised_from: str | None = None
         if self.has_head:
-            self.metrics = nn.ModuleDict(
-                {f"{split}_{w}": self._accuracy() for split in ("val", "test") for w in ("ema", "raw")}
-            )
-            self.best_val_acc = torchmetrics.MaxMetric()
-
-    def _accuracy(self) -> torchmetrics.Metric:
-        n = self.hparams.num_classes
-        if self.hparams.task == "multilabel":  # mean per-attribute accuracy, logit > 0 ⇒ 1 (docs/design.md §4.3)
-            return torchmetrics.classification.MultilabelAccuracy(num_labels=n, average="macro")
-        return torchmetrics.classification.MulticlassAccuracy(num_classes=n, average="micro")
+            self.init_head_evaluation(task, num_classes)
 
     # ---------------------------------------------------------------------------------------------------------
-    @property
-    def eval_network(self) -> JointNetwork:
-        return self.ema.module if self.hparams.eval_weights == "ema" else self.network
-
     def setup(self, stage: str) -> None:
         """Load ``init_from``; reject a DataModule whose images or labels do not fit this model, before any step."""
         self._load_initial_weights()
@@ -186,12 +171,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         if dm is None:
             return
         hp = self.hparams
-        for key in ("image_size", "channels", "num_classes", "task"):
-            if hasattr(dm, key) and getattr(dm, key) != hp[key]:
-                raise ValueError(
-                    f"model.{key}={hp[key]!r} does not match data.{key}={getattr(dm, key)!r}; "
-                    "the CLI links these automatically — don't set them by hand"
-                )
+        check_datamodule_matches(self, labelled_stream=True)
         targets = getattr(getattr(dm, "train_set", None), "targets", None)
         if isinstance(targets, torch.Tensor):  # fully labelled data: no per-step check (it would sync the device)
             self._may_have_unlabelled = bool((targets == UNLABELLED).any())
@@ -219,9 +199,7 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         rank_zero_info(f"JointDiffusion: network and EMA weights initialised from {path}")
 
     def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.hparams.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, y.float())
-        return F.cross_entropy(logits, y)
+        return classification_loss(logits, y, self.hparams.task)
 
     def _noisy_inputs(self, x0, x_t, t, noise) -> tuple[torch.Tensor, torch.Tensor]:
         if getattr(self, "noisy_steps", None) is None:
@@ -325,14 +303,12 @@ class JointDiffusion(RecordsClass, L.LightningModule):
             self.labelled_buffer.load_state_dict(state["labelled_buffer"], self.device)
 
     # evaluation ------------------------------------------------------------------------------------------------
-    def _evaluate(self, batch, batch_idx: int, split: str) -> None:
+    def evaluate_batch(self, batch, batch_idx: int, split: str) -> None:
+        """The head's accuracy by HeadEvaluation's protocol (no classifier loss), and the diffusion loss."""
         x0, y = batch
         if self.has_head:
             t0 = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
-            for w, net in (("ema", self.ema.module), ("raw", self.network)):
-                metric = self.metrics[f"{split}_{w}"]
-                metric.update(net.classify(x0, t0), y)
-                self.log(f"{split}/acc_{w}", metric, on_epoch=True, on_step=False)
+            self.score_head(split, lambda net: net.classify(x0, t0), y, log_loss=False)
         # Diffusion loss of the eval weights at steps and noise seeded by the batch index (eval loaders do not
         # shuffle), so the number is comparable across epochs.
         g = torch.Generator(device=x0.device).manual_seed(batch_idx)
@@ -341,28 +317,6 @@ class JointDiffusion(RecordsClass, L.LightningModule):
         loss = eps_loss(self.eval_network(self.diffusion.q_sample(x0, t, noise), t), noise)
         self.log(f"{split}/diffusion_loss", loss, on_epoch=True, on_step=False, batch_size=x0.shape[0],
                  sync_dist=True)  # the mean over every rank's examples (Lightning sums values and counts)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def _log_selected_accuracy(self, split: str) -> torch.Tensor | None:
-        if not self.has_head:
-            return None
-        acc = self.metrics[f"{split}_{self.hparams.eval_weights}"].compute()
-        self.log(f"{split}/acc", acc, prog_bar=True)
-        return acc
-
-    def on_validation_epoch_end(self) -> None:
-        acc = self._log_selected_accuracy("val")
-        if acc is not None and not self.trainer.sanity_checking:
-            self.best_val_acc.update(acc)
-            self.log("val/acc_best", self.best_val_acc.compute())  # D7: best is a separately named metric
-
-    def on_test_epoch_end(self) -> None:
-        self._log_selected_accuracy("test")
 
     # sampling ---------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -20,24 +20,20 @@ from torch import nn
 from jointdiff.data.semisupervised import labelled_mask
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.schedules import BetaSchedule
+from jointdiff.metrics.accuracy import accuracy_metric
 from jointdiff.models.args import check_optimizer_args
+from jointdiff.models.base import check_datamodule_matches
 from jointdiff.models.checkpoints import RecordsClass
-from jointdiff.models.classifier import (
-    Task,
-    accuracy_metric,
-    check_datamodule_matches,
-    classification_loss,
-)
 from jointdiff.nn.encoder_unet import EncoderUNet
+from jointdiff.tasks import Task, classification_loss, hits
 
 NUM_QUARTERS = 4
 
 
 def correct(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     """(B,) per-example accuracy: top-1 hit, or the fraction of attributes right (logit > 0 ⇒ 1)."""
-    if task == "multilabel":
-        return ((logits > 0) == y.bool()).float().mean(dim=1)
-    return (logits.argmax(dim=1) == y).float()
+    hit = hits(logits, y, task).float()
+    return hit.mean(dim=1) if hit.ndim == 2 else hit
 
 
 class NoiseAwareClassifier(RecordsClass, L.LightningModule):
@@ -84,7 +80,7 @@ class NoiseAwareClassifier(RecordsClass, L.LightningModule):
         )
         self.diffusion = GaussianDiffusion(diffusion_steps, beta_schedule)
         self.metrics = nn.ModuleDict(
-            {f"{split}_{kind}": accuracy_metric(num_classes, task)
+            {f"{split}_{kind}": accuracy_metric(task, num_classes)
              for split in ("val", "test") for kind in ("clean", "noised")}
         )
         self.quarters = nn.ModuleDict(
@@ -102,7 +98,7 @@ class NoiseAwareClassifier(RecordsClass, L.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"))
+        check_datamodule_matches(self)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x0, y = batch
@@ -137,12 +133,12 @@ class NoiseAwareClassifier(RecordsClass, L.LightningModule):
         self.log(f"{split}/acc_noised", noised, on_epoch=True, on_step=False)
         loss = classification_loss(logits, y, task)
         self.log(f"{split}/loss_noised", loss, on_epoch=True, on_step=False, batch_size=len(y), sync_dist=True)
-        hits, quarter = correct(logits, y, task), (t * NUM_QUARTERS) // T
+        right, quarter = correct(logits, y, task), (t * NUM_QUARTERS) // T
         for q in range(NUM_QUARTERS):
             sel = quarter == q
             if sel.any():
                 metric = self.quarters[f"{split}_q{q + 1}"]
-                metric.update(hits[sel])
+                metric.update(right[sel])
                 self.log(f"{split}/acc_noised_q{q + 1}", metric, on_epoch=True, on_step=False)
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -22,12 +22,12 @@ import torch
 from jointdiff.diffusion.ddim import ddim_invert, ddim_sample, respaced_timesteps
 from jointdiff.diffusion.gaussian import GaussianDiffusion, extract
 from jointdiff.models.args import check_optimizer_args
+from jointdiff.models.base import build_unet, check_datamodule_matches
 from jointdiff.models.checkpoints import RecordsClass
-from jointdiff.models.classifier import Task, check_datamodule_matches
 from jointdiff.models.ema import EMA
-from jointdiff.models.probe import UNET_KEYS, load_pretrained_dpm
+from jointdiff.models.pretrained import load_pretrained_dpm
 from jointdiff.nn.pdae import GradientEstimator, PDAENetwork, SemanticEncoder
-from jointdiff.nn.unet import UNet
+from jointdiff.tasks import Task
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DDIMShift = Literal["sqrt_one_minus_alpha_bar", "c_t"]
@@ -112,7 +112,7 @@ class PDAE(RecordsClass, L.LightningModule):
             raise ValueError(f"base_weights must be ema|raw, got {base_weights!r}")
         dpm = load_pretrained_dpm(pretrained, image_size, channels)
         hp = dpm.hparams
-        self.base = UNet(hp.image_size, hp.channels, *(hp[k] for k in UNET_KEYS))
+        self.base = build_unet(hp)
         self.base.load_state_dict((dpm.ema.module if base_weights == "ema" else dpm.network).unet.state_dict())
         self.base.requires_grad_(False).eval()
         self.diffusion = GaussianDiffusion(hp.diffusion_steps, hp.beta_schedule)
@@ -143,7 +143,7 @@ class PDAE(RecordsClass, L.LightningModule):
 
     # training ---------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"))
+        check_datamodule_matches(self)
 
     def pdae_loss(
         self, net: PDAENetwork, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor

@@ -15,76 +15,23 @@ Probing one checkpoint at several ``i`` is the paper's "features of increasing g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
-import lightning as L
 import torch
-import torchmetrics
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-from torch import nn
 
 from jointdiff.data.semisupervised import labelled_mask, split_train_batch
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.models.args import check_optimizer_args
-from jointdiff.models.checkpoints import RecordsClass, load_model
-from jointdiff.models.classifier import (
-    Task,
-    accuracy_metric,
-    check_datamodule_matches,
-    classification_loss,
-)
+from jointdiff.models.base import HeadEvaluation, check_datamodule_matches
+from jointdiff.models.checkpoints import RecordsClass
 from jointdiff.models.ema import EMA
-from jointdiff.models.joint import JointDiffusion
+from jointdiff.models.pretrained import frozen_encoder, load_pretrained_dpm
 from jointdiff.nn.augment import AugmentationMode, ClassifierAugmentation
 from jointdiff.nn.joint import JointNetwork
-from jointdiff.nn.unet import UNet
-
-UNET_KEYS = (
-    "model_channels", "channel_mult", "num_res_blocks", "attention_downsample", "num_heads", "dropout", "norm_groups",
-)
+from jointdiff.tasks import Task, classification_loss
 
 
-@contextmanager
-def own_hyperparameters() -> Iterator[None]:
-    """Let a LightningModule built in here record its own init arguments.
-
-    While LightningCLI instantiates a model it publishes that model's config in a context variable, and *every*
-    ``save_hyperparameters()`` call in the meantime takes it — so a DPM rebuilt inside the probe's or PDAE's
-    ``__init__`` would record the probe's arguments instead of its own (no ``diffusion_steps``). Lightning has no
-    public switch for this; we clear its (private) variable for the duration.
-    """
-    token = _given_hyperparameters.set(None)
-    try:
-        yield
-    finally:
-        _given_hyperparameters.reset(token)
-
-
-def load_pretrained_dpm(path: str, image_size: int, channels: int) -> JointDiffusion:
-    """The ``JointDiffusion`` saved at ``path``, in eval mode; rejects one trained on other image shapes."""
-    with own_hyperparameters():
-        dpm = load_model(path, expected=JointDiffusion)
-    got = (dpm.hparams.image_size, dpm.hparams.channels)
-    if got != (image_size, channels):
-        raise ValueError(
-            f"{path} was trained on {got[0]}×{got[0]}×{got[1]} images, but this data has "
-            f"{image_size}×{image_size}×{channels}: pre-train a DDPM on this dataset (or pick its checkpoint)"
-        )
-    return dpm
-
-
-def frozen_encoder(dpm: JointDiffusion, weights: Literal["ema", "raw"]) -> UNet:
-    """A decoder-less copy of the DPM's UNet (time embedding, encoder, middle) with its ``weights``, frozen."""
-    hp = dpm.hparams
-    unet = UNet(hp.image_size, hp.channels, *(hp[k] for k in UNET_KEYS), decoder=False)
-    source = (dpm.ema.module if weights == "ema" else dpm.network).unet.state_dict()
-    unet.load_state_dict({k: source[k] for k in unet.state_dict()})
-    return unet.requires_grad_(False).eval()
-
-
-class FrozenDDPMProbe(RecordsClass, L.LightningModule):
+class FrozenDDPMProbe(RecordsClass, HeadEvaluation):
     """A pooled-feature head trained on a frozen, eval-mode DDPM encoder.
 
     ``network`` is a :class:`~jointdiff.nn.joint.JointNetwork` (decoder-less UNet + head), as the stand-alone
@@ -136,10 +83,7 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
         self.network = JointNetwork(frozen_encoder(dpm, encoder_weights), num_classes, head_dropout)
         self.ema = EMA(self.network, ema_decay)
         self.augment = ClassifierAugmentation(classifier_augmentation, image_size, channels)
-        self.metrics = nn.ModuleDict(
-            {f"{split}_{w}": accuracy_metric(num_classes, task) for split in ("val", "test") for w in ("ema", "raw")}
-        )
-        self.best_val_acc = torchmetrics.MaxMetric()
+        self.init_head_evaluation(task, num_classes)
 
     # the frozen encoder ---------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> FrozenDDPMProbe:
@@ -150,10 +94,6 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.network.unet.eval()  # re-asserted each epoch, whatever a callback may have done
-
-    @property
-    def eval_network(self) -> JointNetwork:
-        return self.ema.module if self.hparams.eval_weights == "ema" else self.network
 
     def probe_inputs(self, x0: torch.Tensor, noise_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder input and step indices at ``timestep``: ``(x0, 0)`` or ``(x_i, i)``, x_i noised with fresh noise
@@ -176,7 +116,7 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
 
     # training -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        check_datamodule_matches(self, ("image_size", "channels", "num_classes", "task"), labelled_stream=True)
+        check_datamodule_matches(self, labelled_stream=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         (x0, y), stream = split_train_batch(batch)
@@ -190,42 +130,15 @@ class FrozenDDPMProbe(RecordsClass, L.LightningModule):
         self.log("train/classifier_loss", loss, prog_bar=True, batch_size=len(t))
         return loss
 
-    # evaluation -----------------------------------------------------------------------------------------------
-    def _evaluate(self, batch, batch_idx: int, split: str) -> None:
+    # evaluation (HeadEvaluation's protocol) ---------------------------------------------------------------------
+    def evaluate_batch(self, batch, batch_idx: int, split: str) -> None:
         x0, y = batch
         keep = labelled_mask(y)
         if not keep.any():
             return
         x, t = self.probe_inputs(x0[keep], noise_seed=batch_idx)  # eval loaders do not shuffle: fixed noise
         z = self.features(x, t)  # the encoder is frozen: the EMA copy holds the same encoder weights
-        for w, net in (("ema", self.ema.module), ("raw", self.network)):
-            logits = net.head(z, t)
-            metric = self.metrics[f"{split}_{w}"]
-            metric.update(logits, y[keep])
-            self.log(f"{split}/acc_{w}", metric, on_epoch=True, on_step=False)
-            if w == self.hparams.eval_weights:
-                loss = classification_loss(logits, y[keep], self.hparams.task)
-                self.log(f"{split}/loss", loss, on_epoch=True, on_step=False, batch_size=len(t), sync_dist=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def _log_selected_accuracy(self, split: str) -> torch.Tensor:
-        acc = self.metrics[f"{split}_{self.hparams.eval_weights}"].compute()
-        self.log(f"{split}/acc", acc, prog_bar=True)
-        return acc
-
-    def on_validation_epoch_end(self) -> None:
-        acc = self._log_selected_accuracy("val")
-        if not self.trainer.sanity_checking:
-            self.best_val_acc.update(acc)
-            self.log("val/acc_best", self.best_val_acc.compute())
-
-    def on_test_epoch_end(self) -> None:
-        self._log_selected_accuracy("test")
+        self.score_head(split, lambda net: net.head(z, t), y[keep])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         head = self.network.head.parameters()

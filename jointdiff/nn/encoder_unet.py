@@ -29,12 +29,7 @@ class DownResBlock(ResBlock):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         norm, act, conv = self.in_layers
         h = conv(F.avg_pool2d(act(norm(x)), 2))
-        scale, shift = self.emb_layers(emb).type(h.dtype)[..., None, None].chunk(2, dim=1)
-        out_norm, *out_rest = self.out_layers
-        h = out_norm(h) * (1 + scale) + shift
-        for layer in out_rest:
-            h = layer(h)
-        return F.avg_pool2d(x, 2) + h
+        return F.avg_pool2d(x, 2) + self.out_branch(h, emb)
 
 
 class AttentionPool2d(nn.Module):

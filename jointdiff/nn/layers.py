@@ -64,13 +64,27 @@ class ResBlock(nn.Module):
         self.skip_connection = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
-        scale, shift = self.emb_layers(emb).type(h.dtype)[..., None, None].chunk(2, dim=1)
+        return self.skip_connection(x) + self.out_branch(self.in_layers(x), emb)
+
+    def out_branch(self, h: torch.Tensor, *embs: torch.Tensor) -> torch.Tensor:
+        """GN(h), modulated by :meth:`modulate` from the embeddings, then SiLU → dropout → zero conv. The one body
+        of every ResBlock variant (down-sampling, PDAE's latent shift)."""
         out_norm, *out_rest = self.out_layers
-        h = out_norm(h) * (1 + scale) + shift
+        h = self.modulate(out_norm(h), *embs)
         for layer in out_rest:
             h = layer(h)
-        return self.skip_connection(x) + h
+        return h
+
+    def modulate(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """ADM's scale-shift: ``h·(1+s) + b`` with ``(s, b) = Linear(SiLU(emb))``."""
+        scale, shift = scale_shift(self.emb_layers, emb, h)
+        return h * (1 + scale) + shift
+
+
+def scale_shift(layers: nn.Module, emb: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layers(emb)`` split into a (B, C, 1, 1) scale and shift in ``like``'s dtype."""
+    scale, shift = layers(emb).type(like.dtype)[..., None, None].chunk(2, dim=1)
+    return scale, shift
 
 
 class AttentionBlock(nn.Module):

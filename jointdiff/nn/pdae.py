@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from jointdiff.nn.layers import AttentionBlock, GroupNorm32, ResBlock, TimestepBlock, Upsample, zero_module
+from jointdiff.nn.layers import AttentionBlock, GroupNorm32, ResBlock, TimestepBlock, Upsample, scale_shift, zero_module
 from jointdiff.nn.unet import UNet
 
 
@@ -77,14 +77,12 @@ class ShiftResBlock(ResBlock):
                    norm.num_groups)
 
     def forward(self, x: torch.Tensor, emb_t: torch.Tensor, emb_z: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
-        s_t, b_t = self.emb_layers(emb_t).type(h.dtype)[..., None, None].chunk(2, dim=1)
-        s_z, b_z = self.z_emb_layers(emb_z).type(h.dtype)[..., None, None].chunk(2, dim=1)
-        out_norm, *out_rest = self.out_layers
-        h = (1 + s_z) * (out_norm(h) * (1 + s_t) + b_t) + b_z
-        for layer in out_rest:
-            h = layer(h)
-        return self.skip_connection(x) + h
+        return self.skip_connection(x) + self.out_branch(self.in_layers(x), emb_t, emb_z)
+
+    def modulate(self, h: torch.Tensor, emb_t: torch.Tensor, emb_z: torch.Tensor) -> torch.Tensor:
+        """``(1+s_z)·(GN(h)·(1+s_t)+b_t)+b_z`` (D27), ``h`` already normalised."""
+        s_z, b_z = scale_shift(self.z_emb_layers, emb_z, h)
+        return (1 + s_z) * super().modulate(h, emb_t) + b_z
 
 
 def _mirror_attention(attn: AttentionBlock | None) -> AttentionBlock | None:

@@ -64,7 +64,7 @@ class UNet(nn.Module):
         dropout: dropout inside the ResBlocks.
         norm_groups: GroupNorm groups (32 in the reference; smaller only for tiny test models).
         decoder: ``False`` builds only the time embedding, encoder and middle block (``encode``), for the
-            encoder-only stand-alone classifier and probe (spec D13: "decoder omitted"); ``decode`` then raises.
+            encoder-only stand-alone classifier and probe (D13: "decoder omitted"); ``decode`` then raises.
     """
 
     def __init__(

@@ -14,13 +14,13 @@ import torch
 
 from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import RespacedAlpha
-from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid
 from jointdiff.sampling.distributed import sharded_generate
 from jointdiff.sampling.files import write_samples
 from jointdiff.sampling.generate import check_sampler_args
 from jointdiff.sampling.loading import load_on_processes, pick_network
+from jointdiff.tasks import check_targets, hits
 
 Features = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] → (B, D)
 Logits = Callable[[torch.Tensor], torch.Tensor]  # images in [-1, 1] → (B, n)
@@ -47,9 +47,9 @@ def score(
     """Class hit rates and, given a feature map and real features, FID and PRD precision/recall."""
     row: dict = {"num": len(images)}
     if judge is not None:
-        row["judge_hit_rate"] = hit_rate(batched(judge, images), targets, task)
+        row["judge_hit_rate"] = float(hits(batched(judge, images), targets, task).float().mean())
     if own_head is not None:
-        row["own_head_hit_rate"] = hit_rate(batched(own_head, images), targets, task)
+        row["own_head_hit_rate"] = float(hits(batched(own_head, images), targets, task).float().mean())
     if features is not None and real_features is not None:
         from jointdiff.metrics.frechet import FrechetDistance
         from jointdiff.metrics.prd import prd_precision_recall

@@ -12,11 +12,11 @@ import torch
 from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import alpha_schedule, counterfactual, noise_steps
 from jointdiff.diffusion.engine import PerSampleNoise
-from jointdiff.diffusion.targets import check_targets
 from jointdiff.files import atomic_write_json
 from jointdiff.images import from_uint8, to_unit_interval
 from jointdiff.sampling.distributed import shard
 from jointdiff.sampling.loading import judge_logits_fn, load_on_processes, pick_network
+from jointdiff.tasks import check_targets
 
 
 def load_image_files(files: list[str], channels: int, image_size: int) -> torch.Tensor:
@@ -157,6 +157,52 @@ def sharded_counterfactual(fabric, net, diffusion, x0: torch.Tensor, targets: to
     return both[0], both[1]
 
 
+def check_explainer(model, checkpoint: str, alpha: float | list[float]) -> None:
+    """A joint model with a head and a valid α; warns when its head never saw noisy inputs."""
+    if not model.has_head:
+        raise ValueError(f"{checkpoint} has no classifier head (classifier_weight=0): counterfactuals need a "
+                         "joint model")
+    alpha_schedule(alpha, model.diffusion.num_steps)
+    if model.hparams.get("noisy_classifier", "off") == "off":
+        print("warning: this joint model was trained without noisy classifiers; counterfactuals are unreliable "
+              "(docs/design.md §5.1)")
+
+
+def input_images(hp, files: list[str] | None, data: ImageDataModule | None, split: str,
+                 indices: list[int] | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """(images in [-1, 1], their labels or ``None`` for files, a source name per image)."""
+    if files is not None:
+        return load_image_files(files, hp.channels, hp.image_size), None, [str(f) for f in files]
+    for key in ("image_size", "channels", "num_classes"):
+        if getattr(data, key) != hp[key]:
+            raise ValueError(f"data.{key}={getattr(data, key)} does not match the model's {key}={hp[key]}")
+    indices = list(range(8)) if indices is None else list(indices)
+    x0, labels = dataset_images(data, split, indices)
+    return x0, labels, [f"{type(data).__name__}:{split}[{i}]" for i in indices]
+
+
+def request_names(names: list[str], focus: torch.Tensor, value: torch.Tensor, task: str) -> list[str]:
+    """What each image is explained toward, in words: the class, or ``attribute=value`` (multi-label)."""
+    if task == "multilabel":
+        return [f"{names[int(k)]}={int(v)}" for k, v in zip(focus, value, strict=True)]
+    return [names[int(k)] for k in focus]
+
+
+def image_entry(j: int, source: str, requests, targets, labels, p_request, probs, judged, x0, cf) -> dict:
+    """Image ``j``'s entry of ``counterfactual.json``: request, probabilities before/after, mean change."""
+    entry = {
+        "source": source, "request": requests[j], "target": targets[j].tolist(),
+        "p_request_before": float(p_request[0][j]), "p_request_after": float(p_request[1][j]),
+        "probs_before": probs[0][j].tolist(), "probs_after": probs[1][j].tolist(),
+        "mean_abs_difference": float((cf[j] - x0[j]).abs().mean()),
+    }
+    if labels is not None:
+        entry["label"] = labels[j].tolist()
+    if judged is not None:
+        entry["judge_probs_before"], entry["judge_probs_after"] = judged[0][j].tolist(), judged[1][j].tolist()
+    return entry
+
+
 def run_counterfactual(
     checkpoint: str,
     output: str = "counterfactual",
@@ -193,7 +239,7 @@ def run_counterfactual(
         target: the class to explain toward (multi-class); default the other class of a binary task.
         flip_attribute: multi-label models: the attribute to flip (the others keep the image's true values).
         alpha: step size of the conditional sampler (D18: start at 200), or one value per step.
-        direction: +1 (reference, spec D11) or -1.
+        direction: +1 (reference, D11) or -1.
         seed: image k's forward and step noise come from its own generator seeded by (seed, k): paired,
             reproducible figures, the same for any number of processes.
         weights: ema | raw | model (the checkpoint's eval_weights).
@@ -210,30 +256,13 @@ def run_counterfactual(
     fabric, model = load_on_processes(checkpoint, device, devices, num_nodes)
     device = str(model.device)
     hp = model.hparams
-    if not model.has_head:
-        raise ValueError(f"{checkpoint} has no classifier head (classifier_weight=0): counterfactuals need a "
-                         "joint model")
-    alpha_schedule(alpha, model.diffusion.num_steps)
-    if hp.get("noisy_classifier", "off") == "off":
-        print("warning: this joint model was trained without noisy classifiers; counterfactuals are unreliable (§5.1)")
-    if files is not None:
-        x0, labels = load_image_files(files, hp.channels, hp.image_size), None
-        sources = [str(f) for f in files]
-    else:
-        for key in ("image_size", "channels", "num_classes"):
-            if getattr(data, key) != hp[key]:
-                raise ValueError(f"data.{key}={getattr(data, key)} does not match the model's {key}={hp[key]}")
-        indices = list(range(8)) if indices is None else list(indices)
-        x0, labels = dataset_images(data, split, indices)
-        sources = [f"{type(data).__name__}:{split}[{i}]" for i in indices]
+    check_explainer(model, checkpoint, alpha)
+    x0, labels, sources = input_images(hp, files, data, split, indices)
     targets, focus, value = requested_targets(hp.num_classes, hp.task, labels, target, flip_attribute, len(x0))
     names = class_names or getattr(data, "class_names", None) or [str(c) for c in range(hp.num_classes)]
     if len(names) != hp.num_classes:
         raise ValueError(f"--class_names needs {hp.num_classes} names, got {len(names)}")
-    if hp.task == "multilabel":
-        requests = [f"{names[int(k)]}={int(v)}" for k, v in zip(focus, value, strict=True)]
-    else:
-        requests = [names[int(k)] for k in focus]
+    requests = request_names(names, focus, value, hp.task)
 
     net = pick_network(model, weights)
     x0, targets = x0.to(device), targets.to(device)
@@ -257,19 +286,8 @@ def run_counterfactual(
     p_before, p_after = focus_probability(before, focus, value), focus_probability(after, focus, value)
     figure = save_figure(x0.cpu(), noised.cpu(), cf.cpu(), p_before, p_after, requests, titles,
                          out / "counterfactual.png")
-    images = []
-    for j, src in enumerate(sources):
-        entry = {
-            "source": src, "request": requests[j], "target": targets[j].tolist(),
-            "p_request_before": float(p_before[j]), "p_request_after": float(p_after[j]),
-            "probs_before": before[j].tolist(), "probs_after": after[j].tolist(),
-            "mean_abs_difference": float((cf[j] - x0[j]).abs().mean()),
-        }
-        if labels is not None:
-            entry["label"] = labels[j].tolist()
-        if judged is not None:
-            entry["judge_probs_before"], entry["judge_probs_after"] = judged[0][j].tolist(), judged[1][j].tolist()
-        images.append(entry)
+    images = [image_entry(j, src, requests, targets, labels, (p_before, p_after), (before, after), judged, x0, cf)
+              for j, src in enumerate(sources)]
     record = {
         "checkpoint": str(checkpoint), "figure": str(figure), "noise_fraction": noise_fraction,
         "reverse_steps": noise_steps(noise_fraction, model.diffusion.num_steps),

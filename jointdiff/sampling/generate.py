@@ -17,7 +17,6 @@ from jointdiff.diffusion.ddim import ddim_sample, respaced_timesteps
 from jointdiff.diffusion.engine import PerSampleNoise, initial_noise
 from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_gradient
 from jointdiff.diffusion.samplers import ddpm_sample
-from jointdiff.diffusion.targets import check_targets, hit_rate
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid
 from jointdiff.sampling.distributed import sharded_generate
@@ -29,6 +28,7 @@ from jointdiff.sampling.loading import (
     noisy_logits_fn,
     pick_network,
 )
+from jointdiff.tasks import check_targets, hits
 
 Sampler = Literal["ddpm", "ddim", "joint", "guidance"]
 CONDITIONAL = ("joint", "guidance")
@@ -228,7 +228,57 @@ def check_sampler_args(model, sampler: Sampler, *, alpha: Alpha, scale: float, s
             raise ValueError(f"--eta must be >= 0, got {eta}")
     elif steps is not None and steps != model.diffusion.num_steps:
         raise ValueError(f"--steps applies to --sampler ddim and joint; {sampler} runs all "
-                         f"{model.diffusion.num_steps} steps (spec D22)")
+                         f"{model.diffusion.num_steps} steps (D22)")
+
+
+def guidance_classifier(model, classifier: str, device: str) -> tuple:
+    """``(noisy logits fn, classes, task)`` of a noise-aware classifier checkpoint that fits ``model``."""
+    hp = model.hparams
+    fn, n, task, clf = noisy_logits_fn(classifier, device)
+    if n != hp.num_classes or task != hp.task:
+        raise ValueError(f"classifier {classifier} has {n} {task} outputs, the model {hp.num_classes} {hp.task}")
+    if hasattr(clf, "check_matches"):
+        clf.check_matches(model.diffusion)
+    return fn, n, task
+
+
+def requested_targets(model, sampler: Sampler, num: int, classes: list[int] | None,
+                      attributes: list[str] | None) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
+    """The requested groups (one target each; ``[None]`` for an unconditional sampler) and every sample's target,
+    ``num`` per group in group order (``None`` when unconditional)."""
+    hp = model.hparams
+    if sampler not in CONDITIONAL:
+        if classes or attributes:
+            raise ValueError(f"--sampler {sampler} is unconditional; --classes/--attributes need joint or guidance")
+        return [None], None
+    groups = parse_targets(hp.num_classes, hp.task, classes, attributes)
+    return groups, torch.stack([g for g in groups for _ in range(num)])
+
+
+def write_group(out: Path, k: int, xs: torch.Tensor, target: torch.Tensor | None, model, weights: Weights,
+                judge_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> dict:
+    """The grid of group ``k``'s samples ``xs`` and, for a conditional group, the hit rates of the model's own head
+    and of the judge; returns the group's entry of ``sample.json``."""
+    task, device = model.hparams.task, model.device
+    if target is None:
+        name = "samples"
+    else:
+        name = f"class_{int(target)}" if task == "multiclass" else f"attributes_{k}"
+    grid = save_grid(xs, out / f"{name}.png")
+    entry = {"name": name, "grid": str(grid), "num": len(xs)}
+    if target is not None:
+        xs_dev = xs.to(device)  # the gathered samples are on the CPU; the networks on `device`
+        y = target.expand(len(xs), *target.shape).to(device)
+        entry["target"] = target.tolist()
+        if model.has_head:
+            t0 = torch.zeros(len(xs), dtype=torch.long, device=device)
+            with torch.no_grad():
+                head = pick_network(model, weights).classify(xs_dev, t0)
+            entry["own_head_hit_rate"] = float(hits(head, y, task).float().mean())
+        if judge_fn is not None:
+            entry["judge_hit_rate"] = float(hits(judge_fn(xs_dev), y, task).float().mean())
+    print(f"{name}: {grid}" + "".join(f"  {k}={v:.3f}" for k, v in entry.items() if k.endswith("hit_rate")))
+    return entry
 
 
 def sample(
@@ -268,7 +318,7 @@ def sample(
         classes: class ids to sample (multi-class; conditional samplers; default every class).
         attributes: 0/1 vectors ("1,0,1,…") or text files with one vector per line (multi-label models).
         alpha: step size α of the joint sampler: one value, or one per diffusion step (index = step).
-        direction: +1 (reference: ascent on the target-class CE, spec D11) or -1.
+        direction: +1 (reference: ascent on the target-class CE, D11) or -1.
         scale: gradient scale s of classifier guidance.
         classifier: noise-aware classifier checkpoint for ``guidance``.
         steps: respaced steps for ``ddim`` and ``joint`` (default all T; ``joint`` then runs η-DDIM on them).
@@ -295,21 +345,9 @@ def sample(
         raise ValueError("--devices and --num_nodes must be >= 1")
     fabric, model = load_on_processes(checkpoint, device, devices, num_nodes)
     device = str(model.device)
-    hp = model.hparams
     check_sampler_args(model, sampler, alpha=alpha, scale=scale, steps=steps, eta=eta, classifier=classifier)
-    guide = None
-    if sampler == "guidance":
-        fn, n, task, clf = noisy_logits_fn(classifier, device)
-        if n != hp.num_classes or task != hp.task:
-            raise ValueError(f"classifier {classifier} has {n} {task} outputs, the model {hp.num_classes} {hp.task}")
-        if hasattr(clf, "check_matches"):
-            clf.check_matches(model.diffusion)
-        guide = (fn, n, task)
-    conditional = sampler in CONDITIONAL
-    if not conditional and (classes or attributes):
-        raise ValueError(f"--sampler {sampler} is unconditional; --classes/--attributes need joint or guidance")
-    groups = parse_targets(hp.num_classes, hp.task, classes, attributes) if conditional else [None]
-    targets = None if groups[0] is None else torch.stack([g for g in groups for _ in range(num)])
+    guide = guidance_classifier(model, classifier, device) if sampler == "guidance" else None
+    groups, targets = requested_targets(model, sampler, num, classes, attributes)
     total = num * len(groups)
 
     began = time.perf_counter()
@@ -325,29 +363,9 @@ def sample(
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"groups": []}
     judge_fn = judge_logits_fn(judge, device) if judge else None
-    for k, target in enumerate(groups):
-        xs = x[k * num:(k + 1) * num]
-        if target is None:
-            name = "samples"
-        else:
-            name = f"class_{int(target)}" if hp.task == "multiclass" else f"attributes_{k}"
-        grid = save_grid(xs, out / f"{name}.png")
-        entry = {"name": name, "grid": str(grid), "num": len(xs)}
-        if target is not None:
-            xs_dev = xs.to(device)  # the gathered samples are on the CPU; the networks on `device`
-            y = target.expand(len(xs), *target.shape).to(device)
-            entry["target"] = target.tolist()
-            if model.has_head:
-                t0 = torch.zeros(len(xs), dtype=torch.long, device=device)
-                with torch.no_grad():
-                    head = pick_network(model, weights).classify(xs_dev, t0)
-                entry["own_head_hit_rate"] = hit_rate(head, y, hp.task)
-            if judge_fn is not None:
-                entry["judge_hit_rate"] = hit_rate(judge_fn(xs_dev), y, hp.task)
-        record["groups"].append(entry)
-        print(f"{name}: {grid}" + "".join(f"  {k}={v:.3f}" for k, v in entry.items() if k.endswith("hit_rate")))
+    record = {"groups": [write_group(out, k, x[k * num:(k + 1) * num], target, model, weights, judge_fn)
+                         for k, target in enumerate(groups)]}
     npz = write_samples(out / "samples.npz", x, targets)
     record.update(
         checkpoint=str(checkpoint), sampler=sampler, num=num, seed=seed, seeding="per sample: (seed, index)",

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from jointdiff.data.base import ImageDataModule
@@ -18,6 +19,30 @@ from jointdiff.metrics.generative import generative_metrics, generative_results
 from jointdiff.metrics.reference import ReferenceCache, cached_reference_features
 from jointdiff.models.extractors import build_extractor, load_classifier_features
 from jointdiff.sampling.files import Layout, ValueRange, read_samples
+
+
+def named_extractors(specs: Sequence[str], inception_weights: str | None, allow_download: bool,
+                     device: str) -> dict:
+    """The feature extractors of ``specs`` by name (two with one name are refused)."""
+    extractors = {}
+    for spec in specs:
+        e = build_extractor(spec, inception_weights, allow_download).to(device)
+        if e.name in extractors:
+            raise ValueError(f"two feature extractors are named {e.name!r}; prefix one with 'name='")
+        extractors[e.name] = e
+    return extractors
+
+
+def judge_hit_rates(judge: str, images: torch.Tensor, targets: torch.Tensor, batch_size: int, device: str) -> dict:
+    """``score/judge_hit_rate`` and its per-class values: the judge checkpoint's class hit rate of the samples."""
+    from jointdiff.metrics.accuracy import ClassHitRate
+
+    hit = ClassHitRate(load_classifier_features(judge).to(device)).to(device)
+    for i in range(0, len(images), batch_size):
+        hit.update(images[i:i + batch_size].to(device), targets[i:i + batch_size].to(device))
+    out = hit.compute()
+    return {"score/judge_hit_rate": float(out["hit_rate"]),
+            "score/judge_hit_rate_per_class": [float(v) for v in out["per_class"]]}
 
 
 def score_samples(
@@ -73,12 +98,7 @@ def score_samples(
                          f"{data.channels}×{data.image_size}×{data.image_size}")
     if judge and targets is None:
         raise ValueError(f"--judge scores the class hit rate, but {samples} holds no targets (arr_1/labels)")
-    extractors = {}
-    for spec in features:
-        e = build_extractor(spec, inception_weights, allow_download).to(device)
-        if e.name in extractors:
-            raise ValueError(f"two feature extractors are named {e.name!r}; prefix one with 'name='")
-        extractors[e.name] = e
+    extractors = named_extractors(features, inception_weights, allow_download, device)
     data.setup("fit" if split in ("train", "val") else "test")
     dataset = getattr(data, f"{split}_set")
     dataset_name = getattr(data, "name", type(data).__name__)
@@ -103,14 +123,7 @@ def score_samples(
                     m.update(fake, real=False)
             results.update(generative_results(metrics, "score", name, conv))
     if judge:
-        from jointdiff.metrics.accuracy import ClassHitRate
-
-        hit = ClassHitRate(load_classifier_features(judge).to(device)).to(device)
-        for i in range(0, len(images), batch_size):
-            hit.update(images[i:i + batch_size].to(device), targets[i:i + batch_size].to(device))
-        out = hit.compute()
-        results["score/judge_hit_rate"] = float(out["hit_rate"])
-        results["score/judge_hit_rate_per_class"] = [float(v) for v in out["per_class"]]
+        results.update(judge_hit_rates(judge, images, targets, batch_size, device))
     record = {
         "samples": info, "num_generated": len(images), "dataset": dataset_name, "reference_split": split,
         "num_reference": counts, "reference_source": sources,

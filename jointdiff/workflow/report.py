@@ -20,7 +20,6 @@ from jointdiff.workflow.results import (
 )
 from jointdiff.workflow.runs import attempt_status
 
-PAPER_STEPS = {"fashion_mnist": 100_000, "svhn": 250_000, "cifar10": 500_000, "cifar100": 500_000}
 GEN_PREFERENCE = ("inception/reference", "inception/standard")
 DASH = "–"
 
@@ -242,10 +241,7 @@ class Report:
         ax.set_xscale("symlog", linthresh=50)  # α = 0 (unconditional) next to α in the hundreds and thousands
         ax.set_xlabel("α")
         ax.set_ylabel("%")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        self._save(fig, "alpha_precision_recall.png")
+        self._save(fig, ax, "alpha_precision_recall.png")
 
     def plot_fractions(self) -> None:
         runs = [r for r in self.runs if r.stage is None and r.labelled_pct > 0 and r.accuracy is not None
@@ -275,14 +271,15 @@ class Report:
         ax.set_xscale("log")
         ax.set_xlabel("labelled share of the training set (%)")
         ax.set_ylabel("test accuracy (%)")
+        self._save(fig, ax, "accuracy_vs_labelled_fraction.png")
+
+    def _save(self, fig, ax, name: str) -> None:
+        """Legend, grid, layout, then the PNG beside the report (linked from it)."""
+        import matplotlib.pyplot as plt
+
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        self._save(fig, "accuracy_vs_labelled_fraction.png")
-
-    def _save(self, fig, name: str) -> None:
-        import matplotlib.pyplot as plt
-
         self.output.mkdir(parents=True, exist_ok=True)
         path = self.output / name
         fig.savefig(path, dpi=130)

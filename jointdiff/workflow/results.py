@@ -26,7 +26,6 @@ DATASET_NAMES = {
     "malaria": "MALARIA", "mnist": "MNIST", "mnist32": "MNIST (32 px, 3 ch)", "usps": "USPS",
     "svhn_mnist": "SVHN→MNIST", "usps_mnist": "USPS→MNIST", "mnist_usps": "MNIST→USPS",
 }
-GEN_METRICS = ("fid", "precision_prd", "recall_prd")
 
 
 @dataclass
