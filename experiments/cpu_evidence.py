@@ -25,6 +25,7 @@ design of each experiment is fixed in its config and here, before any number is 
   {0, 50, 100, 200, 500, 1000} with direction +1 and {200, 1000} with −1, 20 samples per class, x̂0 clamped as in
   the main job's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
   Fréchet distance in its features against 2,000 test images.
+  Parts of the grid run as separate processes are merged with ``--merge_alpha FOLDER …``.
 - **respaced** (issue 15, ``docs/sampling.md``): the joint sampler as η = 0 DDIM on 50 and 100 respaced steps of
   the same checkpoint, α in {0, 50, 100, 200}, both α rules (``same``, ``stride``), otherwise as **alpha**.
 """
@@ -209,6 +210,31 @@ def alpha(checkpoint: str) -> None:
     save(out, data)
 
 
+def merge_alpha(folders: list[str]) -> None:
+    """The α sweep run as several processes (``alpha_sweep_fmnist.py`` with parts of the α grid, the same
+    checkpoint, seed and judge): one result with every row, and its plot. Refuses parts that do not match."""
+    from jointdiff.sampling.alpha_sweep import write_sweep
+
+    parts = [json.loads((Path(f) / "alpha_sweep_all.json").read_text()) for f in folders]
+    same = ("checkpoint", "judge_test_accuracy", "head_accuracy_by_step", "num_per_class", "seed", "clip_denoised")
+    for key in same:
+        values = {json.dumps(part[key], sort_keys=True) for part in parts}
+        if len(values) > 1:
+            raise ValueError(f"the sweep parts differ in {key}: {sorted(values)}")
+    rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: (-r["direction"], r["alpha"]))
+    cells = [(r["alpha"], r["direction"]) for r in rows]
+    wanted = [(a, 1) for a in ALPHAS] + [(a, -1) for a in FLIPPED_ALPHAS]
+    missing = [cell for cell in wanted if cell not in cells]
+    if missing:
+        raise ValueError(f"the sweep parts lack the rows (α, direction) {missing}")
+    merged = {**parts[0], "rows": rows, "parts": [str(f) for f in folders]}
+    folder = RUNS / "alpha"
+    write_sweep([r for r in rows if r["direction"] == 1], folder, merged)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "alpha_sweep.png", FIGURES / "alpha_sweep_fmnist_alpha_sweep.png")
+    save(results_path("alpha", "sweep"), merged)
+
+
 def alpha_table() -> str:
     path = results_path("alpha", "sweep")
     if not path.is_file():
@@ -289,10 +315,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/fashion_mnist/quick/version_0/checkpoints/last.ckpt",
                         help="the main job's checkpoint (alpha)")
     parser.add_argument("--render", action="store_true", help="only rewrite the tables from finished runs")
+    parser.add_argument("--merge_alpha", nargs="+", metavar="FOLDER", default=None,
+                        help="merge α-sweep parts run as separate processes into the alpha result, then render")
     args = parser.parse_args()
     os.chdir(REPO)
     parts = args.parts.split(",")
-    if not args.render:
+    if args.merge_alpha:
+        merge_alpha(args.merge_alpha)
+    elif not args.render:
         if "semi" in parts:
             semi(args.seeds or [0, 1, 2], args.budgets)
         if "da" in parts:

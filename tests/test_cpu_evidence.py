@@ -1,0 +1,54 @@
+"""experiments/cpu_evidence.py: α-sweep parts run as separate processes merge into one result, and parts that do not
+belong together are refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def evidence(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("cpu_evidence", REPO / "experiments" / "cpu_evidence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(module, "FIGURES", tmp_path / "figures")
+    return module
+
+
+def write_part(folder: Path, cells: list[tuple[float, int]], judge_accuracy: float = 0.8) -> Path:
+    rows = [{"alpha": a, "direction": d, "judge_hit_rate": a / 1000, "own_head_hit_rate": 1.0, "fid": 50 + a,
+             "precision": 0.8, "recall": 0.9, "num": 200} for a, d in cells]
+    meta = {"checkpoint": "last.ckpt", "judge_test_accuracy": judge_accuracy, "head_accuracy_by_step": {"0": 0.85},
+            "num_per_class": 20, "seed": 0, "clip_denoised": True, "judge": "LeNet-5"}
+    folder.mkdir(parents=True)
+    (folder / "alpha_sweep_all.json").write_text(json.dumps({"rows": rows, **meta}))
+    return folder
+
+
+def test_parts_merge_into_one_sweep_with_every_row(evidence, tmp_path):
+    low = write_part(tmp_path / "low", [(a, 1) for a in (0, 50, 100, 200, 500)])
+    rest = write_part(tmp_path / "rest", [(1000, 1), (200, -1), (1000, -1)])
+    evidence.merge_alpha([str(rest), str(low)])
+    merged = json.loads((tmp_path / "results" / "alpha" / "sweep.json").read_text())
+    assert [(r["alpha"], r["direction"]) for r in merged["rows"]] == [
+        (0, 1), (50, 1), (100, 1), (200, 1), (500, 1), (1000, 1), (200, -1), (1000, -1)]
+    assert (tmp_path / "figures" / "alpha_sweep_fmnist_alpha_sweep.png").stat().st_size > 0
+    table = evidence.alpha_table()
+    assert table.count("\n| ") == 8 and "| 1000 | -1 | 1.0000 |" in table  # 8 rows below the header
+
+
+def test_parts_that_differ_or_miss_rows_are_refused(evidence, tmp_path):
+    low = write_part(tmp_path / "low", [(a, 1) for a in (0, 50, 100, 200, 500)])
+    other_judge = write_part(tmp_path / "rest", [(1000, 1), (200, -1), (1000, -1)], judge_accuracy=0.7)
+    with pytest.raises(ValueError, match="judge_test_accuracy"):
+        evidence.merge_alpha([str(low), str(other_judge)])
+    with pytest.raises(ValueError, match="lack the rows"):
+        evidence.merge_alpha([str(low)])
