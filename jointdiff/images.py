@@ -23,7 +23,7 @@ Rounding = Literal["truncate", "round"]
 
 def to_uint8(x: torch.Tensor, rounding: Rounding = "truncate") -> torch.Tensor:
     """[-1, 1] floats → uint8 pixels (values outside are clamped); ``rounding`` as in the module docstring."""
-    scaled = (x.float() + 1) * 127.5
+    scaled = ((x if x.dtype == torch.float64 else x.float()) + 1) * 127.5  # float32 at least, float64 kept
     if rounding == "round":
         scaled = scaled.round_()
     elif rounding != "truncate":
