@@ -93,14 +93,14 @@ def accuracy_on_test_split(checkpoint: Path, datamodule=None) -> dict[str, float
 
 
 # semi-supervised ---------------------------------------------------------------------------------------------------
-def semi(seeds: list[int], budgets: list[str]) -> None:
+def semi(seeds: list[int], budgets: list[str], models: list[str] = SEMI_MODELS) -> None:
     ddpm = RUNS / "semi" / "ddpm" / "checkpoints" / "last.ckpt"
-    if not ddpm.is_file():
+    if "probe" in models and not ddpm.is_file():
         run([*JOINTDIFF, "fit", "-c", "configs/evidence/semi_ddpm.yaml"])
     for budget in budgets:
         budget_args = SEMI_BUDGETS[budget]
         for seed in seeds:
-            for model in SEMI_MODELS:
+            for model in models:
                 name = f"{model}_{budget}_s{seed}"
                 out = results_path("semi", name)
                 if out.is_file():
@@ -312,6 +312,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (semi), 0 1 (da)")
     parser.add_argument("--budgets", nargs="+", default=list(SEMI_BUDGETS), choices=list(SEMI_BUDGETS),
                         help="label budgets of the semi part (two processes can share the work)")
+    parser.add_argument("--models", nargs="+", default=list(SEMI_MODELS), choices=list(SEMI_MODELS),
+                        help="models of the semi part (two processes can share the work)")
     parser.add_argument("--checkpoint", default="runs/fashion_mnist/quick/version_0/checkpoints/last.ckpt",
                         help="the main job's checkpoint (alpha)")
     parser.add_argument("--render", action="store_true", help="only rewrite the tables from finished runs")
@@ -324,7 +326,7 @@ def main() -> None:
         merge_alpha(args.merge_alpha)
     elif not args.render:
         if "semi" in parts:
-            semi(args.seeds or [0, 1, 2], args.budgets)
+            semi(args.seeds or [0, 1, 2], args.budgets, args.models)
         if "da" in parts:
             da(args.seeds or [0, 1])
         if "alpha" in parts:
