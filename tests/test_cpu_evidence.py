@@ -52,3 +52,34 @@ def test_parts_that_differ_or_miss_rows_are_refused(evidence, tmp_path):
         evidence.merge_alpha([str(low), str(other_judge)])
     with pytest.raises(ValueError, match="lack the rows"):
         evidence.merge_alpha([str(low)])
+
+
+def test_semi_runs_only_the_models_asked_for_and_skips_finished_runs(evidence, tmp_path, monkeypatch):
+    """``--models`` splits the semi part between processes: each runs its own models, trains the DDPM only when it
+    runs the probe, and skips a run whose result file exists."""
+    commands = []
+
+    def fake_run(cmd):  # stands in for ``jointdiff fit``: leaves the checkpoints the script reads
+        commands.append(cmd)
+        if "--trainer.logger.init_args.name" in cmd:
+            name = cmd[cmd.index("--trainer.logger.init_args.name") + 1]
+            folder = tmp_path / "runs" / "semi" / name / "version_0" / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            for step in evidence.SEMI_STEPS:
+                (folder / f"step={step}.ckpt").touch()
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    monkeypatch.setattr(evidence, "accuracy_on_test_split", lambda ckpt: {"acc_ema": 0.5, "acc_raw": 0.4})
+    evidence.save(evidence.results_path("semi", "classifier_100/class_s1"), {"done": True})
+
+    evidence.semi([0, 1], ["100/class"], ["classifier"])
+    configs = [cmd[cmd.index("-c") + 1] for cmd in commands]
+    assert configs == ["configs/evidence/semi_classifier.yaml"]  # seed 1 was finished; no DDPM without the probe
+    assert "--data.init_args.labelled_per_class" in commands[0] and commands[0][-1] == "classifier_100perclass_s0"
+    result = json.loads(evidence.results_path("semi", "classifier_100/class_s0").read_text())
+    assert result["test"]["1000"] == {"acc_ema": 0.5, "acc_raw": 0.4} and result["seed"] == 0
+
+    commands.clear()
+    evidence.semi([0], ["100/class"], ["probe"])
+    configs = [cmd[cmd.index("-c") + 1] for cmd in commands]
+    assert configs == ["configs/evidence/semi_ddpm.yaml", "configs/evidence/semi_probe.yaml"]
