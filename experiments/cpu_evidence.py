@@ -17,7 +17,7 @@ design of each experiment is fixed in its config and here, before any number is 
   head on a frozen DDPM (``semi_probe.yaml`` on ``semi_ddpm.yaml``), all on the labelled stream (a full labelled
   batch every step), 1000 steps (cut from 2000 before any run, so that the three parts fit one working session on
   2 cores), test accuracy of the EMA weights on the full 10k test split at steps 250, 500, 750 and 1000
-  (checkpoints; nothing is selected).
+  (checkpoints; nothing is selected). ``--seeds``, ``--budgets`` and ``--models`` split it between processes.
 - **da**: USPS→MNIST and MNIST→USPS, seeds 0 and 1, stage 1 and stage 2 of ``experiments/domain_adaptation.py``
   with ``configs/evidence/da.yaml``; target test accuracy before and after, raw and EMA, and the source test
   accuracy of stage 1; beside it the source-only stand-alone classifier (``da_classifier.yaml``, same steps).
