@@ -244,7 +244,8 @@ def alpha_table() -> str:
     rows = ["| α | direction | " + " | ".join(keys) + " |", "|---:|---:|" + "---:|" * len(keys)]
     for r in data["rows"]:
         rows.append(f"| {r['alpha']:g} | {r['direction']:+d} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
-    head = ", ".join(f"step {k}: {v:.3f}" for k, v in data["head_accuracy_by_step"].items())
+    by_step = sorted(data["head_accuracy_by_step"].items(), key=lambda kv: int(kv[0]))  # JSON keys are strings
+    head = ", ".join(f"step {k}: {v:.3f}" for k, v in by_step)
     return "\n".join(rows) + (f"\n\nJudge: {data['judge']}, test accuracy {data['judge_test_accuracy']:.4f}. "
                               f"The model's own head on noised test images, by step: {head}.")
 

@@ -26,7 +26,8 @@ def evidence(tmp_path, monkeypatch):
 def write_part(folder: Path, cells: list[tuple[float, int]], judge_accuracy: float = 0.8) -> Path:
     rows = [{"alpha": a, "direction": d, "judge_hit_rate": a / 1000, "own_head_hit_rate": 1.0, "fid": 50 + a,
              "precision": 0.8, "recall": 0.9, "num": 200} for a, d in cells]
-    meta = {"checkpoint": "last.ckpt", "judge_test_accuracy": judge_accuracy, "head_accuracy_by_step": {"0": 0.85},
+    meta = {"checkpoint": "last.ckpt", "judge_test_accuracy": judge_accuracy,
+            "head_accuracy_by_step": {"0": 0.85, "250": 0.5, "50": 0.8},
             "num_per_class": 20, "seed": 0, "clip_denoised": True, "judge": "LeNet-5"}
     folder.mkdir(parents=True)
     (folder / "alpha_sweep_all.json").write_text(json.dumps({"rows": rows, **meta}))
@@ -43,6 +44,7 @@ def test_parts_merge_into_one_sweep_with_every_row(evidence, tmp_path):
     assert (tmp_path / "figures" / "alpha_sweep_fmnist_alpha_sweep.png").stat().st_size > 0
     table = evidence.alpha_table()
     assert table.count("\n| ") == 8 and "| 1000 | -1 | 1.0000 |" in table  # 8 rows below the header
+    assert "by step: step 0: 0.850, step 50: 0.800, step 250: 0.500." in table  # numeric order, not the keys' order
 
 
 def test_parts_that_differ_or_miss_rows_are_refused(evidence, tmp_path):
