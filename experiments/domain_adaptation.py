@@ -4,11 +4,13 @@ Stage 1 trains the joint model on the labelled source (``data.stage: source``); 
 "before" number. Stage 2 loads those weights (``model.init_from``) and continues with the diffusion loss only on the
 unlabelled target (``data.stage: target``, ``model.skip_classifier_loss: true``; the head is frozen); its target
 test accuracy is the "after" number. Both are the final-step weights (decision D7; nothing is selected on the target
-test set). Stage 2 runs as many steps as stage 1 unless ``--stage2_steps`` says otherwise (decision D15).
+test set). Stage 2 runs as many steps as stage 1 unless ``--stage2_steps`` says otherwise (decision D15), at the
+config's learning rate unless ``--stage2_lr`` says otherwise (a fresh optimiser either way: ``init_from`` loads
+weights).
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/domain_adaptation.py \\
         --config configs/domain_adaptation/usps_mnist.yaml --out runs/domain_adaptation/usps_mnist \\
-        [--stage2_steps N] [-- <extra jointdiff fit arguments for both stages>]
+        [--stage2_steps N] [--stage2_lr LR] [-- <extra jointdiff fit arguments for both stages>]
 
 Writes ``<out>/domain_adaptation.json`` and prints a table. The config must save a last checkpoint
 (``ModelCheckpoint(save_last=True)``) and use a logger that takes ``save_dir`` and ``name`` (CSV, W&B,
@@ -40,7 +42,8 @@ def _fit_and_test(args: list[str]) -> tuple[dict, str, int]:
     return {k: float(results[k]) for k in ACCURACY_KEYS if k in results}, ckpt, cli.trainer.global_step
 
 
-def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str] | None = None) -> dict:
+def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str] | None = None,
+        stage2_lr: float | None = None) -> dict:
     """Both stages; returns (and writes) the summary."""
     common = ["-c", config, *(extra or [])]
     logs = ["--trainer.logger.init_args.save_dir", out]
@@ -52,10 +55,11 @@ def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str]
         *common, *logs, "--trainer.logger.init_args.name", "stage2", "--trainer.default_root_dir", f"{out}/stage2",
         "--data.init_args.stage", "target", "--model.init_args.init_from", ckpt1,
         "--model.init_args.skip_classifier_loss", "true", "--trainer.max_steps", str(stage2_steps or steps1),
+        *(["--model.init_args.lr", str(stage2_lr)] if stage2_lr is not None else []),
     ])
     summary = {
         "config": config, "extra_args": extra or [], "stage1": {"steps": steps1, "checkpoint": ckpt1},
-        "stage2": {"steps": steps2, "checkpoint": ckpt2},
+        "stage2": {"steps": steps2, "checkpoint": ckpt2, **({"lr": stage2_lr} if stage2_lr is not None else {})},
         "target_test_before": before, "target_test_after": after,
     }
     atomic_write_json(summary, Path(out) / "domain_adaptation.json")
@@ -75,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="configs/domain_adaptation/<pair>.yaml")
     parser.add_argument("--out", default=None, help="run folder (default runs/domain_adaptation/<config name>)")
     parser.add_argument("--stage2_steps", type=int, default=None, help="stage-2 steps (default: as stage 1, D15)")
+    parser.add_argument("--stage2_lr", type=float, default=None, help="stage-2 learning rate (default: the config's)")
     a = parser.parse_args(own)
-    run(a.config, a.out or f"runs/domain_adaptation/{Path(a.config).stem}", a.stage2_steps, extra)
+    run(a.config, a.out or f"runs/domain_adaptation/{Path(a.config).stem}", a.stage2_steps, extra, a.stage2_lr)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
         "--data.init_args.download", "false",
     ]
     out = tmp_path / "run"
-    summary = driver.run(str(REPO / "configs" / "domain_adaptation" / "usps_mnist.yaml"), str(out), extra=tiny)
+    summary = driver.run(str(REPO / "configs" / "domain_adaptation" / "usps_mnist.yaml"), str(out), extra=tiny,
+                         stage2_lr=3e-5)
     assert json.loads((out / "domain_adaptation.json").read_text()) == summary
     assert summary["stage1"]["steps"] == summary["stage2"]["steps"] == 3  # D15 default: as many steps as stage 1
     for key in ("test/acc", "test/acc_ema", "test/acc_raw"):
@@ -138,6 +139,10 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
     one = torch.load(summary["stage1"]["checkpoint"], weights_only=False)["state_dict"]
     two = torch.load(summary["stage2"]["checkpoint"], weights_only=False)
     assert two["hyper_parameters"]["init_from"] == summary["stage1"]["checkpoint"]
+    first = torch.load(summary["stage1"]["checkpoint"], weights_only=False)
+    assert first["hyper_parameters"]["lr"] != 3e-5  # stage 1 keeps the config's rate ...
+    assert two["hyper_parameters"]["lr"] == 3e-5 == summary["stage2"]["lr"]  # ... stage 2 runs at --stage2_lr
+    assert all(group["lr"] == 3e-5 for opt in two["optimizer_states"] for group in opt["param_groups"])
     two = two["state_dict"]
     head = [k for k in one if k.startswith("network.head.")]
     encoder = [k for k in one if k.startswith("network.unet.input_blocks.") and one[k].is_floating_point()]
