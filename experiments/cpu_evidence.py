@@ -21,6 +21,8 @@ design of each experiment is fixed in its config and here, before any number is 
 - **da**: USPS→MNIST and MNIST→USPS, seeds 0 and 1, stage 1 and stage 2 of ``experiments/domain_adaptation.py``
   with ``configs/evidence/da.yaml``; target test accuracy before and after, raw and EMA, and the source test
   accuracy of stage 1; beside it the source-only stand-alone classifier (``da_classifier.yaml``, same steps).
+- **da_stage2_lr** (a diagnostic of the da reading): as **da**, seed 0, with stage 2 at lr 1e-4 instead of 1e-3
+  (``domain_adaptation.py --stage2_lr``), without the source-only classifier.
 - **alpha**: ``experiments/alpha_sweep_fmnist.py`` on the main job's checkpoint (``--checkpoint``), α in
   {0, 50, 100, 200, 500, 1000} with direction +1 and {200, 1000} with −1, 20 samples per class, x̂0 clamped as in
   the main job's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
@@ -55,6 +57,7 @@ SEMI_BUDGETS = {
 SEMI_MODELS = ("joint", "classifier", "probe")
 SEMI_STEPS = (250, 500, 750, 1000)
 DA_PAIRS = {"USPS→MNIST": ("usps", "mnist"), "MNIST→USPS": ("mnist", "usps")}
+DA_STAGE2_LR = 1e-4  # the stage-2 learning-rate diagnostic: 10× below da.yaml's 1e-3
 ALPHAS, FLIPPED_ALPHAS = (0, 50, 100, 200, 500, 1000), (200, 1000)
 
 
@@ -192,6 +195,42 @@ def da_table() -> str:
     return "\n".join(rows)
 
 
+def da_stage2_lr(seeds: list[int]) -> None:
+    """The diagnostic of docs/results.md: ``da`` with stage 2 at ``DA_STAGE2_LR``, no source-only classifier (the
+    ``da`` table has it). A run folder that already holds its summary is read, not re-run."""
+    for pair, (source, target) in DA_PAIRS.items():
+        for seed in seeds:
+            name = f"{pair}_s{seed}"
+            out = results_path("da_stage2_lr", name)
+            if out.is_file():
+                continue
+            folder = RUNS / "da_stage2_lr" / slug(name)
+            if not (folder / "domain_adaptation.json").is_file():
+                run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"), "--config",
+                     "configs/evidence/da.yaml", "--stage2_lr", str(DA_STAGE2_LR), "--out", str(folder), "--",
+                     "--seed_everything", str(seed), "--data.init_args.source", source,
+                     "--data.init_args.target", target])
+            summary = json.loads((folder / "domain_adaptation.json").read_text())
+            if summary["stage2"].get("lr") != DA_STAGE2_LR:
+                raise ValueError(f"{folder}: stage 2 ran at lr {summary['stage2'].get('lr')}, not {DA_STAGE2_LR}")
+            save(out, {"pair": pair, "seed": seed, **summary})
+
+
+def da_stage2_lr_table() -> str:
+    rows = ["| pair | seed | stage-2 lr | target before, EMA / raw | target after, EMA / raw | "
+            "the `da` table's run at lr 1e-3: before → after (EMA) |", "|---|---:|---:|---:|---:|---:|"]
+    for path in sorted((RESULTS / "da_stage2_lr").glob("*.json")):
+        r = json.loads(path.read_text())
+        b, a = r["target_test_before"], r["target_test_after"]
+        same = RESULTS / "da" / path.name
+        ref = json.loads(same.read_text()) if same.is_file() else None
+        ref_cell = (f"{ref['target_test_before']['test/acc_ema']:.4f} → {ref['target_test_after']['test/acc_ema']:.4f}"
+                    if ref else "—")
+        rows.append(f"| {r['pair']} | {r['seed']} | {r['stage2']['lr']:g} | {b['test/acc_ema']:.4f} / "
+                    f"{b['test/acc_raw']:.4f} | {a['test/acc_ema']:.4f} / {a['test/acc_raw']:.4f} | {ref_cell} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 # α sweep -----------------------------------------------------------------------------------------------------------
 def alpha(checkpoint: str) -> None:
     folder = RUNS / "alpha"
@@ -291,7 +330,8 @@ def respaced_table() -> str:
 def render() -> None:
     """Replace each ``<!-- evidence:<part> -->`` … ``<!-- /evidence:<part> -->`` block of docs/results.md (and,
     for the respaced sampler, of docs/sampling.md)."""
-    tables = {RESULTS_MD: (("semi", semi_table()), ("da", da_table()), ("alpha", alpha_table())),
+    tables = {RESULTS_MD: (("semi", semi_table()), ("da", da_table()), ("da_stage2_lr", da_stage2_lr_table()),
+                           ("alpha", alpha_table())),
               SAMPLING_MD: (("respaced", respaced_table()),)}
     for path, parts in tables.items():
         if not path.is_file():
@@ -330,6 +370,8 @@ def main() -> None:
             semi(args.seeds or [0, 1, 2], args.budgets, args.models)
         if "da" in parts:
             da(args.seeds or [0, 1])
+        if "da_stage2_lr" in parts:
+            da_stage2_lr(args.seeds or [0])
         if "alpha" in parts:
             alpha(args.checkpoint)
         if "respaced" in parts:

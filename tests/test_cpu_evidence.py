@@ -85,3 +85,41 @@ def test_semi_runs_only_the_models_asked_for_and_skips_finished_runs(evidence, t
     evidence.semi([0], ["100/class"], ["probe"])
     configs = [cmd[cmd.index("-c") + 1] for cmd in commands]
     assert configs == ["configs/evidence/semi_ddpm.yaml", "configs/evidence/semi_probe.yaml"]
+
+
+def test_stage2_lr_diagnostic_reads_finished_runs_and_refuses_another_rate(evidence, tmp_path, monkeypatch):
+    """The stage-2 learning-rate diagnostic runs ``domain_adaptation.py --stage2_lr`` once per pair, reads a summary
+    already in its run folder instead of re-running, refuses one made at another rate, and renders a row per run
+    beside the same run of the ``da`` table."""
+    commands = []
+
+    def summary(lr, before, after):
+        return {"stage2": {"steps": 600, "checkpoint": "s2.ckpt", "lr": lr}, "stage1": {"steps": 600},
+                "target_test_before": {"test/acc_ema": before, "test/acc_raw": before - 0.1},
+                "target_test_after": {"test/acc_ema": after, "test/acc_raw": after - 0.1}}
+
+    def fake_run(cmd):
+        commands.append(cmd)
+        folder = Path(cmd[cmd.index("--out") + 1])
+        folder.mkdir(parents=True)
+        (folder / "domain_adaptation.json").write_text(json.dumps(summary(float(cmd[cmd.index("--stage2_lr") + 1]),
+                                                                           0.8, 0.7)))
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    finished = tmp_path / "runs" / "da_stage2_lr" / "USPS_to_MNIST_s0"
+    finished.mkdir(parents=True)
+    (finished / "domain_adaptation.json").write_text(json.dumps(summary(evidence.DA_STAGE2_LR, 0.6, 0.5)))
+    evidence.save(evidence.results_path("da", "USPS→MNIST_s0"), summary(None, 0.65, 0.25))
+
+    evidence.da_stage2_lr([0])
+    assert len(commands) == 1 and commands[0][commands[0].index("--out") + 1].endswith("MNIST_to_USPS_s0")
+    assert commands[0][commands[0].index("--stage2_lr") + 1] == str(evidence.DA_STAGE2_LR)
+    table = evidence.da_stage2_lr_table()
+    assert "| USPS→MNIST | 0 | 0.0001 | 0.6000 / 0.5000 | 0.5000 / 0.4000 | 0.6500 → 0.2500 |" in table
+    assert "| MNIST→USPS | 0 | 0.0001 | 0.8000 / 0.7000 | 0.7000 / 0.6000 | — |" in table
+
+    other = tmp_path / "runs" / "da_stage2_lr" / "USPS_to_MNIST_s1"
+    other.mkdir(parents=True)
+    (other / "domain_adaptation.json").write_text(json.dumps(summary(1e-3, 0.6, 0.5)))
+    with pytest.raises(ValueError, match="not 0.0001"):
+        evidence.da_stage2_lr([1])
