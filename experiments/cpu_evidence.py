@@ -141,23 +141,35 @@ def semi_table() -> str:
 
 # domain adaptation -------------------------------------------------------------------------------------------------
 def da(seeds: list[int]) -> None:
+    for pair, seed, source, target, out in unfinished_da_runs("da", seeds):
+        folder = RUNS / "da" / slug(f"{pair}_s{seed}")
+        summary, extra = two_stages(folder, source, target, seed)
+        stage1 = Path(summary["stage1"]["checkpoint"])
+        source_acc = source_test_accuracy(stage1, source, target)
+        baseline = source_only_classifier(folder, source, target, extra)
+        save(out, {"pair": pair, "seed": seed, "source_test": source_acc, "source_only_classifier": baseline,
+                   **summary})
+
+
+def unfinished_da_runs(part: str, seeds: list[int]):
+    """(pair, seed, source, target, result path) of each run of a domain-adaptation part without a result file."""
     for pair, (source, target) in DA_PAIRS.items():
         for seed in seeds:
-            name = f"{pair}_s{seed}"
-            out = results_path("da", name)
-            if out.is_file():
-                continue
-            folder = RUNS / "da" / slug(name)
-            extra = ["--seed_everything", str(seed), "--data.init_args.source", source,
-                     "--data.init_args.target", target]
-            run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"), "--config",
-                 "configs/evidence/da.yaml", "--out", str(folder), "--", *extra])
-            summary = json.loads((folder / "domain_adaptation.json").read_text())
-            stage1 = Path(summary["stage1"]["checkpoint"])
-            source_acc = source_test_accuracy(stage1, source, target)
-            baseline = source_only_classifier(folder, source, target, extra)
-            save(out, {"pair": pair, "seed": seed, "source_test": source_acc, "source_only_classifier": baseline,
-                       **summary})
+            out = results_path(part, f"{pair}_s{seed}")
+            if not out.is_file():
+                yield pair, seed, source, target, out
+
+
+def two_stages(folder: Path, source: str, target: str, seed: int,
+               stage2_lr: float | None = None) -> tuple[dict, list[str]]:
+    """Both stages of ``experiments/domain_adaptation.py`` on ``configs/evidence/da.yaml`` (read, not re-run, when
+    ``folder`` already holds their summary); returns the summary and the arguments given to both stages."""
+    extra = ["--seed_everything", str(seed), "--data.init_args.source", source, "--data.init_args.target", target]
+    if not (folder / "domain_adaptation.json").is_file():
+        run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"), "--config", "configs/evidence/da.yaml",
+             *(["--stage2_lr", str(stage2_lr)] if stage2_lr is not None else []), "--out", str(folder), "--",
+             *extra])
+    return json.loads((folder / "domain_adaptation.json").read_text()), extra
 
 
 def source_only_classifier(folder: Path, source: str, target: str, extra: list[str]) -> dict:
@@ -197,23 +209,13 @@ def da_table() -> str:
 
 def da_stage2_lr(seeds: list[int]) -> None:
     """The diagnostic of docs/results.md: ``da`` with stage 2 at ``DA_STAGE2_LR``, no source-only classifier (the
-    ``da`` table has it). A run folder that already holds its summary is read, not re-run."""
-    for pair, (source, target) in DA_PAIRS.items():
-        for seed in seeds:
-            name = f"{pair}_s{seed}"
-            out = results_path("da_stage2_lr", name)
-            if out.is_file():
-                continue
-            folder = RUNS / "da_stage2_lr" / slug(name)
-            if not (folder / "domain_adaptation.json").is_file():
-                run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"), "--config",
-                     "configs/evidence/da.yaml", "--stage2_lr", str(DA_STAGE2_LR), "--out", str(folder), "--",
-                     "--seed_everything", str(seed), "--data.init_args.source", source,
-                     "--data.init_args.target", target])
-            summary = json.loads((folder / "domain_adaptation.json").read_text())
-            if summary["stage2"].get("lr") != DA_STAGE2_LR:
-                raise ValueError(f"{folder}: stage 2 ran at lr {summary['stage2'].get('lr')}, not {DA_STAGE2_LR}")
-            save(out, {"pair": pair, "seed": seed, **summary})
+    ``da`` table has it)."""
+    for pair, seed, source, target, out in unfinished_da_runs("da_stage2_lr", seeds):
+        folder = RUNS / "da_stage2_lr" / slug(f"{pair}_s{seed}")
+        summary, _ = two_stages(folder, source, target, seed, stage2_lr=DA_STAGE2_LR)
+        if summary["stage2"].get("lr") != DA_STAGE2_LR:
+            raise ValueError(f"{folder}: stage 2 ran at lr {summary['stage2'].get('lr')}, not {DA_STAGE2_LR}")
+        save(out, {"pair": pair, "seed": seed, **summary})
 
 
 def da_stage2_lr_table() -> str:

@@ -123,3 +123,26 @@ def test_stage2_lr_diagnostic_reads_finished_runs_and_refuses_another_rate(evide
     (other / "domain_adaptation.json").write_text(json.dumps(summary(1e-3, 0.6, 0.5)))
     with pytest.raises(ValueError, match="not 0.0001"):
         evidence.da_stage2_lr([1])
+
+
+def test_da_runs_both_stages_at_the_config_rate_then_the_baselines(evidence, tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(cmd):
+        commands.append(cmd)
+        folder = Path(cmd[cmd.index("--out") + 1])
+        folder.mkdir(parents=True)
+        (folder / "domain_adaptation.json").write_text(json.dumps(
+            {"stage1": {"checkpoint": str(folder / "s1.ckpt")}, "stage2": {"steps": 600},
+             "target_test_before": {"test/acc_ema": 0.8, "test/acc_raw": 0.7},
+             "target_test_after": {"test/acc_ema": 0.6, "test/acc_raw": 0.5}}))
+
+    monkeypatch.setattr(evidence, "run", fake_run)
+    monkeypatch.setattr(evidence, "source_test_accuracy", lambda ckpt, s, t: {"acc_ema": 0.95, "acc_raw": 0.9})
+    monkeypatch.setattr(evidence, "source_only_classifier", lambda folder, s, t, extra: {"extra": extra})
+    evidence.da([1])
+    assert len(commands) == 2 and not any("--stage2_lr" in cmd for cmd in commands)
+    result = json.loads(evidence.results_path("da", "MNIST→USPS_s1").read_text())
+    assert result["source_only_classifier"]["extra"] == [
+        "--seed_everything", "1", "--data.init_args.source", "mnist", "--data.init_args.target", "usps"]
+    assert result["source_test"]["acc_ema"] == 0.95 and result["target_test_after"]["test/acc_ema"] == 0.6
