@@ -4,6 +4,7 @@ the domain-adaptation table and the α sweep with an independent judge, each as 
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts semi,da,alpha
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts respaced   # docs/sampling.md
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts da_stage2_lr   # a diagnostic
 
 Every run is a ``jointdiff fit`` of a config under ``configs/evidence/`` (or the domain-adaptation and α-sweep
 scripts); a finished run leaves ``experiments/results/<part>/<run>.json`` (committed: run folders under ``runs/``
@@ -352,7 +353,8 @@ def render() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="semi,da,alpha")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (semi), 0 1 (da)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="default: 0 1 2 (semi), 0 1 (da), 0 (da_stage2_lr)")
     parser.add_argument("--budgets", nargs="+", default=list(SEMI_BUDGETS), choices=list(SEMI_BUDGETS),
                         help="label budgets of the semi part (two processes can share the work)")
     parser.add_argument("--models", nargs="+", default=list(SEMI_MODELS), choices=list(SEMI_MODELS),
