@@ -136,14 +136,13 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
         for when in ("target_test_before", "target_test_after"):
             acc = summary[when][key]
             assert 0.0 <= acc <= 1.0 and abs(acc * 20 - round(acc * 20)) < 1e-5  # a share of the 20 MNIST test images
-    one = torch.load(summary["stage1"]["checkpoint"], weights_only=False)["state_dict"]
+    one = torch.load(summary["stage1"]["checkpoint"], weights_only=False)
     two = torch.load(summary["stage2"]["checkpoint"], weights_only=False)
     assert two["hyper_parameters"]["init_from"] == summary["stage1"]["checkpoint"]
-    first = torch.load(summary["stage1"]["checkpoint"], weights_only=False)
-    assert first["hyper_parameters"]["lr"] != 3e-5  # stage 1 keeps the config's rate ...
+    assert one["hyper_parameters"]["lr"] != 3e-5  # stage 1 keeps the config's rate ...
     assert two["hyper_parameters"]["lr"] == 3e-5 == summary["stage2"]["lr"]  # ... stage 2 runs at --stage2_lr
     assert all(group["lr"] == 3e-5 for opt in two["optimizer_states"] for group in opt["param_groups"])
-    two = two["state_dict"]
+    one, two = one["state_dict"], two["state_dict"]
     head = [k for k in one if k.startswith("network.head.")]
     encoder = [k for k in one if k.startswith("network.unet.input_blocks.") and one[k].is_floating_point()]
     assert head and encoder
