@@ -42,9 +42,16 @@ def _fit_and_test(args: list[str]) -> tuple[dict, str, int]:
     return {k: float(results[k]) for k in ACCURACY_KEYS if k in results}, ckpt, cli.trainer.global_step
 
 
+def check_stage2_lr(stage2_lr: float | None) -> None:
+    """Before stage 1 trains, not when stage 2 builds its AdamW minutes later."""
+    if stage2_lr is not None and not stage2_lr > 0:
+        raise ValueError(f"--stage2_lr must be a positive learning rate, got {stage2_lr}")
+
+
 def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str] | None = None,
         stage2_lr: float | None = None) -> dict:
     """Both stages; returns (and writes) the summary."""
+    check_stage2_lr(stage2_lr)
     common = ["-c", config, *(extra or [])]
     logs = ["--trainer.logger.init_args.save_dir", out]
     before, ckpt1, steps1 = _fit_and_test([
@@ -81,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage2_steps", type=int, default=None, help="stage-2 steps (default: as stage 1, D15)")
     parser.add_argument("--stage2_lr", type=float, default=None, help="stage-2 learning rate (default: the config's)")
     a = parser.parse_args(own)
+    try:
+        check_stage2_lr(a.stage2_lr)
+    except ValueError as error:
+        parser.error(str(error))  # one line and exit status 2, before any data is read
     run(a.config, a.out or f"runs/domain_adaptation/{Path(a.config).stem}", a.stage2_steps, extra, a.stage2_lr)
 
 

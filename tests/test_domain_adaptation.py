@@ -149,3 +149,16 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in head)  # frozen head: weights and BatchNorm statistics as loaded
     assert any(not torch.equal(one[k], two[k]) for k in encoder)  # the encoder adapted to the target
     assert int(one["ema._extra_state"]) == 3 and int(two["ema._extra_state"]) == 6  # one EMA over both stages
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-4, float("nan")])
+def test_a_non_positive_stage2_lr_is_refused_before_stage_one(tmp_path, lr):
+    spec = importlib.util.spec_from_file_location("domain_adaptation", REPO / "experiments" / "domain_adaptation.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    with pytest.raises(ValueError, match="--stage2_lr must be a positive learning rate"):
+        driver.run(str(REPO / "configs" / "evidence" / "da.yaml"), str(tmp_path / "run"), stage2_lr=lr)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one line from argparse
+        driver.main(["--config", str(REPO / "configs" / "evidence" / "da.yaml"), "--stage2_lr", str(lr)])
+    assert exit_info.value.code == 2
