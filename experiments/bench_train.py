@@ -18,7 +18,9 @@ says about ``share_encoder_pass``.
 
 ``--with-lightning`` adds, for every implementation except ``reference``, a row ``<impl>+L`` that times the real
 ``Trainer.fit`` loop on real Fashion-MNIST batches (StatefulDataLoader, logging every 10 steps, progress bar), so
-the framework's overhead per step shows beside the bare step.
+the framework's overhead per step shows beside the bare step. ``--finite-check`` adds ``<impl>+L+F``: the same loop
+with the divergence check every ``jointdiff fit`` runs (:class:`jointdiff.callbacks.finite.StopOnNonFinite` at its
+default cadence: every step on CPU, every 100 steps on an accelerator), and prints its cost against ``<impl>+L``.
 
 Each (config, implementation) pair runs in its own subprocess so peak memory is its own (CUDA: max allocated;
 CPU: max RSS of the process). Ratios are against ``reference`` measured in the same invocation, and against
@@ -27,6 +29,7 @@ CPU: max RSS of the process). Ratios are against ``reference`` measured in the s
     python experiments/bench_train.py                                   # FMNIST paper config, batch 16, CPU
     python experiments/bench_train.py --configs fmnist,cifar,celeba --batch 128 --device cuda
     python experiments/bench_train.py --configs demo --impls reference,ours,ours-shared --batch 64 --with-lightning
+    python experiments/bench_train.py --configs demo --impls ours --batch 64 --with-lightning --finite-check --steps 20
 """
 
 from __future__ import annotations
@@ -139,7 +142,8 @@ def measure(config: str, impl: str, batch: int, steps: int, warmup: int, device:
             "peak_mib": peak, "params": params, "threads": torch.get_num_threads(), "device": device}
 
 
-def measure_lightning(config: str, impl: str, batch: int, steps: int, warmup: int, device: str) -> dict:
+def measure_lightning(config: str, impl: str, batch: int, steps: int, warmup: int, device: str,
+                      finite: bool = False) -> dict:
     """Seconds per step of ``Trainer.fit`` on real Fashion-MNIST, between the starts of batch ``warmup`` and of batch
     ``warmup + steps`` (so the last step's work is inside the interval and no set-up or teardown is)."""
     import tempfile
@@ -161,6 +165,8 @@ def measure_lightning(config: str, impl: str, batch: int, steps: int, warmup: in
 
     if impl == "reference":
         raise SystemExit("--with-lightning times this package's model in the Trainer; the reference has no such row")
+    from jointdiff.callbacks.finite import StopOnNonFinite
+
     clock = StepClock()
     model = JointDiffusion(**model_args(config, impl))
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,15 +174,17 @@ def measure_lightning(config: str, impl: str, batch: int, steps: int, warmup: in
             max_steps=warmup + steps + 1, accelerator="cuda" if device.startswith("cuda") else "cpu", devices=1,
             precision="bf16-mixed" if impl == "ours-bf16" else "32-true", limit_val_batches=0,
             log_every_n_steps=10, logger=L.pytorch.loggers.CSVLogger(tmp), enable_checkpointing=False,
-            enable_model_summary=False, callbacks=[clock], default_root_dir=tmp,
+            enable_model_summary=False, callbacks=[clock, *([StopOnNonFinite()] if finite else [])],
+            default_root_dir=tmp,
         )
         trainer.fit(model, datamodule=FashionMNISTDataModule(batch_size=batch))
     dt = (clock.starts[warmup + steps] - clock.starts[warmup]) / steps
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     params = sum(p.numel() for p in model.network.parameters())
-    return {"config": config, "impl": impl + "+L", "batch": batch, "s_per_step": dt, "img_per_s": batch / dt,
-            "peak_mib": peak, "params": params, "threads": torch.get_num_threads(), "device": device}
+    return {"config": config, "impl": impl + ("+L+F" if finite else "+L"), "batch": batch, "s_per_step": dt,
+            "img_per_s": batch / dt, "peak_mib": peak, "params": params, "threads": torch.get_num_threads(),
+            "device": device}
 
 
 def main() -> None:
@@ -189,14 +197,20 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--with-lightning", action="store_true",
                    help="also time each implementation (but reference) inside the real Trainer loop")
+    p.add_argument("--finite-check", action="store_true",
+                   help="with --with-lightning: also time the loop with the divergence check (rows <impl>+L+F)")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     p.add_argument("--lightning", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--finite", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.worker:
-        fn = measure_lightning if args.lightning else measure
-        print(json.dumps(fn(*args.worker, args.batch, args.steps, args.warmup, args.device)))
+        if args.lightning:
+            row = measure_lightning(*args.worker, args.batch, args.steps, args.warmup, args.device, args.finite)
+        else:
+            row = measure(*args.worker, args.batch, args.steps, args.warmup, args.device)
+        print(json.dumps(row))
         return
 
     rows = []
@@ -205,13 +219,16 @@ def main() -> None:
         for impl in args.impls.split(","):
             if impl not in IMPLS or config not in CONFIGS:
                 raise SystemExit(f"unknown config/impl {config}/{impl}; configs {list(CONFIGS)}, impls {IMPLS}")
-            jobs.append((config, impl, False))
+            jobs.append((config, impl, False, False))
         if args.with_lightning:
-            jobs += [(config, impl, True) for impl in args.impls.split(",") if impl != "reference"]
-    for config, impl, lightning in jobs:
+            for impl in (i for i in args.impls.split(",") if i != "reference"):
+                jobs.append((config, impl, True, False))
+                if args.finite_check:
+                    jobs.append((config, impl, True, True))
+    for config, impl, lightning, finite in jobs:
         cmd = [sys.executable, __file__, "--worker", config, impl, "--batch", str(args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
-        cmd += ["--lightning"] if lightning else []
+        cmd += (["--lightning"] if lightning else []) + (["--finite"] if finite else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             print(out.stderr[-2000:], file=sys.stderr)
@@ -230,6 +247,12 @@ def main() -> None:
             ratios.append(f"{r['img_per_s'] / ref['img_per_s']:.2f}" if ref else "-")
         print(f"{r['config']:8} {r['impl']:15} {r['params'] / 1e6:7.2f}M {r['s_per_step']:8.3f} "
               f"{r['img_per_s']:8.2f} {ratios[0]:>6} {ratios[1]:>6} {r['peak_mib']:9.0f}")
+    for r in rows:
+        if r["impl"].endswith("+L+F"):
+            plain = next((q for q in rows if q["config"] == r["config"] and q["impl"] == r["impl"][:-2]), None)
+            if plain:
+                print(f"divergence check, {r['config']}/{r['impl'][:-4]}: {r['s_per_step'] / plain['s_per_step']:.3f}"
+                      f"× the step time of the loop without it ({plain['s_per_step']:.4f} → {r['s_per_step']:.4f} s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

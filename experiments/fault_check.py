@@ -5,8 +5,10 @@
 Scenarios (issue 14): a poisoned or replaced data cache (1), a checkpoint that does not fit the configured model
 (2), a kill during a checkpoint save with ``$TMPDIR`` on another filesystem and an unreadable newest HPC checkpoint
 (5), a mid-epoch resume compared bit for bit with the uninterrupted run (6), SIGTERM and SIGKILL during training
-(8), and bad values and files given to the command line (9). Everything runs on CPU on small fixture data in the
-real idx format, in a few minutes; exit status 1 if any scenario fails.
+(8), bad values and files given to the command line (9), and the trust boundary (T1–T7: a corrupt idx file beside a
+user's data, pickle payloads in checkpoints and weight files, a diverged run, NaN sample files, two writers of one
+file, a requeue with only corrupt HPC checkpoints, unsafe sweep values and names). Everything runs on CPU on small
+fixture data in the real idx format, in a few minutes; exit status 1 if any scenario fails.
 """
 
 from __future__ import annotations
@@ -93,6 +95,11 @@ class Checker:
     def error_lines(proc) -> list[str]:
         return [line for line in proc.stderr.splitlines() if line.startswith("jointdiff: error:")]
 
+    def said(self, proc, width: int = 110) -> str:
+        """What a command told the user: its first error line (without the prefix), else the end of its stderr."""
+        lines = self.error_lines(proc)
+        return lines[0][len("jointdiff: error: "):][:width] if lines else proc.stderr[-150:]
+
     # scenarios ---------------------------------------------------------------------------------------------------
     def data_cache(self) -> None:
         from jointdiff.data import FashionMNISTDataModule
@@ -177,9 +184,9 @@ class Checker:
                     proc.send_signal(signal.SIGKILL)
                     break
             proc.wait()
-            orphans = sum(f.stat().st_size for f in tmpdir.iterdir())
+            orphans = sum(f.stat().st_size for f in tmpdir.rglob("*") if f.is_file())  # (torch may add empty folders)
             try:
-                step = torch.load(dest, weights_only=False)["step"]
+                step = torch.load(dest, weights_only=True)["step"]
                 state = f"readable (step {step})"
             except Exception as err:
                 step, state = None, f"UNREADABLE ({dest.stat().st_size} bytes: {type(err).__name__})"
@@ -222,8 +229,8 @@ class Checker:
             b, _ = self.fit(resumed, "--trainer.max_steps=6", f"--ckpt_path={mid}")
             if b.returncode:
                 return f"resumed run failed: {b.stderr[-300:]}", False
-            x = torch.load(next(straight.rglob("last.ckpt")), weights_only=False)
-            y = torch.load(next(resumed.rglob("last.ckpt")), weights_only=False)
+            x = torch.load(next(straight.rglob("last.ckpt")), weights_only=True)
+            y = torch.load(next(resumed.rglob("last.ckpt")), weights_only=True)
             weights = all(torch.equal(v, y["state_dict"][k]) for k, v in x["state_dict"].items())
             opt = all(torch.equal(s[n], y["optimizer_states"][0]["state"][i][n])
                       for i, s in x["optimizer_states"][0]["state"].items() for n in s)
@@ -253,7 +260,7 @@ class Checker:
             return f"exit {rc}, run.json status {attempt['status']!r}", rc == 143 and attempt["status"] == "interrupted"
 
         def sigkill():
-            from jointdiff.workflow.runs import attempt_status
+            from jointdiff.runs import attempt_status
 
             rc, attempt = run_until_steps(self.work / "run_kill", signal.SIGKILL)
             status = attempt_status(attempt)
@@ -297,6 +304,201 @@ class Checker:
 
         self.record("9  test --ckpt_path <0-byte file>", "one line saying it is empty, exit 2", empty_ckpt)
 
+    def trust_boundary(self) -> None:
+        """T1–T7: the trust-boundary review (README, "Files from others"): no input deletes data, runs code or passes a
+        diverged run off as a result."""
+        import gzip
+
+        import numpy as np
+
+        write_idx = runpy.run_path(str(REPO / "tests" / "fixtures.py"))["write_idx"]
+        marker = self.work / "code_ran"
+
+        class Payload:  # pickles into a call that creates the marker file
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        def tree(root: Path) -> list[str]:
+            return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+        def t1():
+            root = self.work / "tv_root"
+            gz = self.work / "tv_gz"
+            write_idx(gz, n_train=20, n_test=10, seed=0)
+            raw = root / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True)
+            for f in gz.glob("*.gz"):
+                (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+            train = raw / "train-images-idx3-ubyte"
+            train.write_bytes(train.read_bytes()[:-100])
+            (root / "notes.txt").write_text("notes")
+            (root / "cifar-10-batches-py").mkdir()
+            (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+            before = tree(root)
+            proc, _ = self.fit(self.work / "run_t1", f"--data.init_args.root={root}", "--trainer.max_steps=1")
+            lines = self.error_lines(proc)
+            kept = root.is_dir() and tree(root) == before
+            return (f"exit {proc.returncode}, {len(lines)} line naming the file: "
+                    f"{bool(lines) and str(train) in lines[0]}; every file of the root kept: {kept}"), (
+                proc.returncode == 2 and len(lines) == 1 and str(train) in lines[0] and kept)
+
+        self.record("T1 truncated idx file in torchvision's layout", "one line naming it; the data root untouched", t1)
+
+        good, _ = self.fit(self.work / "run_good")
+        good_ckpt = next((self.work / "run_good").rglob("last.ckpt"), None)
+
+        def t2a():
+            evil = self.work / "evil.ckpt"
+            torch.save({"state_dict": {}, "x": Payload()}, evil)
+            proc, _ = self.cli("test", "-c", str(self.config), f"--ckpt_path={evil}",
+                               f"--trainer.default_root_dir={self.work / 'run_t2a'}")
+            lines = self.error_lines(proc)
+            names = bool(lines) and "JOINTDIFF_TRUST_PICKLE" in lines[0]
+            return f"exit {proc.returncode}, the line names the opt-in: {names}, payload ran: {marker.exists()}", (
+                proc.returncode == 2 and len(lines) == 1 and names and not marker.exists())
+
+        self.record("T2a pickle payload in --ckpt_path", "refused in one line before it runs", t2a)
+
+        samples = self.work / "samples.npz"
+        np.savez(samples, arr_0=np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8))
+
+        def score(*args: str, env: dict | None = None):
+            return self.cli("score", *args, "--data", "FashionMNISTDataModule", "--progress", "false", env=env)
+
+        def t2b():
+            named = self.work / "strings.ckpt"
+            torch.save({"jointdiff_class": "subprocess.Popen", "state_dict": {},
+                        "hyper_parameters": {"args": ["touch", str(marker)]}}, named)
+            proc, _ = score(str(samples), "--features", f"[classifier:{named}]")
+            lines = self.error_lines(proc)
+            return f"exit {proc.returncode}: {self.said(proc)}; ran: {marker.exists()}", (
+                proc.returncode == 2 and len(lines) == 1 and not marker.exists())
+
+        self.record("T2b checkpoint naming subprocess.Popen via score --features", "refused, nothing built", t2b)
+
+        def t2c():
+            weights = self.work / "pt_inception-2015-12-05-6726825d.pth"
+            torch.save({"w": torch.zeros(1), "x": Payload()}, weights)
+            proc, _ = score(str(samples), "--features", "[inception]", "--inception_weights", str(weights),
+                            "--allow_download", "false")
+            lines = self.error_lines(proc)
+            return f"exit {proc.returncode}, names the opt-in: {bool(lines) and 'JOINTDIFF_TRUST_PICKLE' in lines[0]}" \
+                   f"; ran: {marker.exists()}", (proc.returncode == 2 and len(lines) == 1 and not marker.exists())
+
+        self.record("T2c pickle payload as --inception_weights", "refused before torch-fidelity reads it", t2c)
+
+        def t3():
+            run = self.work / "runs_t3" / "diverged"
+            proc, _ = self.fit(run, "--model.init_args.lr=1e30")
+            lines = self.error_lines(proc)
+            attempt = json.loads((run / "run.json").read_text())["attempts"][-1]
+            ckpts = list(run.rglob("*.ckpt"))
+            finite = all(all(bool(torch.isfinite(v).all()) for v in torch.load(c, weights_only=True)["state_dict"]
+                             .values() if v.is_floating_point()) for c in ckpts)
+            rep, _ = self.cli("report", "--roots", f"[{self.work / 'runs_t3'}]", "--output", str(self.work / "rep3"),
+                              "--quiet", "true")
+            text = (self.work / "rep3" / "report.md").read_text() if rep.returncode == 0 else ""
+            refused = True
+            if good_ckpt is not None:  # a checkpoint of non-finite weights: `sample` refuses it
+                ckpt = torch.load(good_ckpt, weights_only=True)
+                name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+                ckpt["state_dict"][name] = torch.full_like(ckpt["state_dict"][name], float("nan"))
+                torch.save(ckpt, self.work / "nan.ckpt")
+                sam, _ = self.cli("sample", "--checkpoint", str(self.work / "nan.ckpt"), "--num", "2",
+                                  "--output", str(self.work / "nan_samples"))
+                refused = sam.returncode == 2 and "non-finite weights" in " ".join(self.error_lines(sam))
+            ok = (proc.returncode != 0 and len(lines) == 1 and "training diverged" in lines[0]
+                  and attempt["status"] == "failed" and finite and "## Failed runs" in text and refused)
+            return (f"exit {proc.returncode}, run.json {attempt['status']}, {len(ckpts)} checkpoints all finite: "
+                    f"{finite}, report lists it failed: {'## Failed runs' in text}, sample refuses NaN weights: "
+                    f"{refused}"), ok
+
+        self.record("T3 fit --model.init_args.lr=1e30", "non-zero exit, failed, no NaN checkpoint, report: failed", t3)
+
+        def t4():
+            x = np.random.default_rng(0).uniform(0, 1, (16, 28, 28, 1)).astype(np.float32)
+            x[:8] = np.nan
+            half = self.work / "half_nan.npz"
+            np.savez(half, arr_0=x)
+            proc, _ = score(str(half), "--features", f"[classifier:{good_ckpt}]")
+            lines = self.error_lines(proc)
+            return f"exit {proc.returncode}: {self.said(proc)}", (
+                proc.returncode == 2 and len(lines) == 1 and "NaN" in lines[0])
+
+        self.record("T4 score a half-NaN sample file", "refused in one line", t4)
+
+        def t5():
+            writer = ("import sys, time\nfrom pathlib import Path\nfrom jointdiff.files import atomic_open\n"
+                      "path, go, tag = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]\n"
+                      "with atomic_open(path, 'w') as f:\n    f.write(tag)\n    f.flush()\n"
+                      "    Path(str(go) + '.' + tag).touch()\n    while not go.exists():\n        time.sleep(0.01)\n")
+            path, go = self.work / "t5" / "feat.pt", self.work / "t5" / "go"
+            path.parent.mkdir()
+            py = str(Path(sys.executable))
+            slow = subprocess.Popen([py, "-c", writer, str(path), str(go), "a"], env=self.env)
+            while not Path(f"{go}.a").exists():
+                time.sleep(0.01)
+            (self.work / "t5" / "go_b").touch()
+            fast = subprocess.run([py, "-c", writer, str(path), str(self.work / "t5" / "go_b"), "b"], env=self.env)
+            go.touch()
+            slow.wait(timeout=60)
+            # and the real-feature cache: two `jointdiff score` processes sharing one $JOINTDIFF_CACHE
+            shared = {"JOINTDIFF_CACHE": str(self.work / "t5" / "cache")}
+            procs = [subprocess.Popen([str(JOINTDIFF), "score", str(samples), "--data", "FashionMNISTDataModule",
+                                       "--features", f"[classifier:{good_ckpt}]", "--progress", "false",
+                                       "--output", str(self.work / "t5" / f"score{i}.json")],
+                                      env={**self.env, **shared}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                     for i in range(2)]
+            codes = [p.wait(timeout=300) for p in procs]
+            same = codes == [0, 0] and (json.loads((self.work / "t5" / "score0.json").read_text())["results"]
+                                        == json.loads((self.work / "t5" / "score1.json").read_text())["results"])
+            return (f"two writers of one file: exits {slow.returncode}, {fast.returncode}; two `score` runs on one "
+                    f"cache: exits {codes}, same results: {same}"), (slow.returncode == fast.returncode == 0 and same)
+
+        self.record("T5 two writers of one file, two scorers on one cache", "both succeed", t5)
+
+        def t6():
+            run = self.work / "run_good"
+            last = next(run.rglob("last.ckpt"))
+            before = last.read_bytes()
+            (run / "hpc_ckpt_1.ckpt").write_bytes(before[:5000])
+            proc, _ = self.fit(run)
+            lines = self.error_lines(proc)
+            kept = last.read_bytes() == before
+            return f"exit {proc.returncode}: {self.said(proc)}; last.ckpt kept: {kept}", (
+                proc.returncode == 2 and len(lines) == 1 and "--restart" in lines[0] and kept)
+
+        self.record("T6 requeue whose only HPC checkpoint is truncated", "refuses to restart from step 0", t6)
+
+        def t7():
+            sweep = self.work / "sweep.yaml"
+            base = {"method": "grid", "command": [str(Path(sys.executable)), "-c", "import time; time.sleep(20)",
+                                                  "${args}"]}
+            sweep.write_text(yaml.safe_dump({**base, "name": "t7", "parameters": {"x": {"values": ["1\nrm -rf ~"]}}}))
+            newline, _ = self.cli("sweep", "slurm", str(sweep), "--out", str(self.work / "t7a"))
+            sweep.write_text(yaml.safe_dump({**base, "name": "../../escaped", "parameters": {"x": {"values": [1]}}}))
+            escaped, _ = self.cli("sweep", "run", str(sweep))
+            sweep.write_text(yaml.safe_dump({**base, "name": "t7", "parameters": {"x": {"values": [1]}}}))
+            first = subprocess.Popen([str(JOINTDIFF), "sweep", "run", str(sweep), "--out", str(self.work / "t7b")],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not (self.work / "t7b" / "sweep.json").exists():
+                time.sleep(0.1)
+            second, _ = self.cli("sweep", "run", str(sweep), "--out", str(self.work / "t7b"))
+            first.terminate()
+            first.wait()
+            (self.work / "t7c").mkdir()
+            (self.work / "t7c" / "sweep.json").write_text("{ broken")
+            rep, _ = self.cli("report", "--roots", f"[{self.work / 't7c'}]", "--output", str(self.work / "rep7"),
+                              "--quiet", "true")
+            listed = rep.returncode == 0 and "sweep.json" in (self.work / "rep7" / "report.md").read_text()
+            codes = [newline.returncode, escaped.returncode, second.returncode]
+            lines = [len(self.error_lines(p)) for p in (newline, escaped, second)]
+            return (f"newline value / ../../ name / second runner: exits {codes}, error lines {lines}; report with a "
+                    f"broken sweep.json: exit {rep.returncode}, lists it: {listed}"), (
+                codes == [2, 2, 2] and lines == [1, 1, 1] and listed and not (self.work.parent / "escaped").exists())
+
+        self.record("T7 sweeps: newline value, ../ name, second runner, broken JSON", "each refused / listed", t7)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -314,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         checker.exact_resume()
         checker.signals()
         checker.bad_inputs()
+        checker.trust_boundary()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,6 @@
 """The training benchmark's code paths (experiments/bench_train.py) run: the bare step of the main job's model, plain
-and with the shared encoder pass, and the ``+L`` row that times the real Trainer loop."""
+and with the shared encoder pass, and the ``+L`` row that times the real Trainer loop (``+L+F`` with the
+divergence check)."""
 
 from __future__ import annotations
 
@@ -31,5 +32,7 @@ def test_bare_and_lightning_rows_run(data_root, one_thread):
     bench = _bench()
     bare = bench.measure("demo", "ours-shared", batch=4, steps=1, warmup=1, device="cpu")
     in_trainer = bench.measure_lightning("demo", "ours-shared", batch=4, steps=2, warmup=1, device="cpu")
+    checked = bench.measure_lightning("demo", "ours-shared", batch=4, steps=2, warmup=1, device="cpu", finite=True)
     assert bare["impl"] == "ours-shared" and in_trainer["impl"] == "ours-shared+L"
+    assert checked["impl"] == "ours-shared+L+F" and checked["s_per_step"] > 0
     assert bare["s_per_step"] > 0 and in_trainer["s_per_step"] > 0 and in_trainer["params"] == bare["params"]

@@ -139,8 +139,11 @@ def test_temporary_files_are_never_taken_for_hpc_checkpoints(tmp_path):
     from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
     AtomicCheckpointIO().save_checkpoint({"n": 1}, tmp_path / "hpc_ckpt_1.ckpt")
-    leftover = tmp_path / ".hpc-ckpt-2.ckpt.x7k2q9.partial"  # what a kill during the save of hpc_ckpt_2 leaves
-    leftover.write_bytes(b"half")
+    # what a kill during the save of hpc_ckpt_2 leaves: a writer process that dies mid-write
+    subprocess.run([sys.executable, "-c", "import os, sys; from jointdiff.files import atomic_open\n"
+                    "with atomic_open(sys.argv[1]) as f:\n    f.write(b'half'); f.flush(); os._exit(9)",
+                    str(tmp_path / "hpc_ckpt_2.ckpt")], check=False)
+    (leftover,) = tmp_path.glob(".hpc-ckpt-2.ckpt.*.partial")
 
     class FakeTrainer:
         default_root_dir = str(tmp_path)

@@ -82,7 +82,7 @@ def test_truncated_checkpoint_is_one_line(tmp_path, capsys, no_data_reads, train
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(trained_checkpoint.read_bytes()[:5000])
     line = _one_line_error(capsys, ["test", "-c", QUICK, "-c", str(tiny_overrides(tmp_path)), f"--ckpt_path={cut}"])
-    assert "not a readable PyTorch checkpoint" in line
+    assert str(cut) in line and "truncated" in line
 
 
 @pytest.mark.parametrize("sub", ["test", "validate", "fit"])

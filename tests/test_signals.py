@@ -17,8 +17,8 @@ import pytest
 from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
 from test_slurm import TINY as SLURM_TINY
 
+from jointdiff.runs import attempt_status
 from jointdiff.workflow.launch import Job, run_locally
-from jointdiff.workflow.runs import attempt_status
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -128,7 +128,7 @@ def test_sigusr1_requeue_resumes_from_hpc_checkpoint_with_same_step_folder_and_w
 
 # the pure rules behind the folder and the W&B id --------------------------------------------------------------
 def test_slurm_run_key_names_array_tasks_like_lightnings_requeue():
-    from jointdiff.workflow.runs import slurm_run_key
+    from jointdiff.runs import slurm_run_key
 
     assert slurm_run_key({"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "x"}) == "42"
     assert slurm_run_key({"SLURM_JOB_ID": "99", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}) == "7_3"
@@ -137,7 +137,7 @@ def test_slurm_run_key_names_array_tasks_like_lightnings_requeue():
 
 
 def test_wandb_run_id_precedence(tmp_path):
-    from jointdiff.workflow.runs import persist_id, wandb_run_id
+    from jointdiff.runs import persist_id, wandb_run_id
 
     slurm = {"SLURM_JOB_ID": "42", "SLURM_CLUSTER_NAME": "c"}
     assert wandb_run_id(None, None, slurm) == "slurm-c-42"

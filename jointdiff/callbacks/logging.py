@@ -92,7 +92,8 @@ class MetricsJSON(L.Callback):
         test = data["test"]
         lines = ["", "=" * 72, "jointdiff test summary"]
         for key in sorted(k for k in test if k.startswith("test/")):
-            lines.append(f"  {key:<24} {test[key]:.4f}")
+            value = test[key]
+            lines.append(f"  {key:<24} " + (f"{value:.4f}" if isinstance(value, (int, float)) else "non-finite"))
         if "wall_time_s" in test:
             lines.append(f"  {'wall time (s)':<24} {test['wall_time_s']:.0f}")
         lines.append(f"  checkpoint     {data.get('checkpoint', '(none saved)')}")

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from jointdiff.callbacks.logging import run_dir
 from jointdiff.files import atomic_write_json
-from jointdiff.workflow.runs import RUN_RECORD, slurm_run_key
+from jointdiff.runs import RUN_RECORD, slurm_run_key
 
 
 def resolved_config(trainer: L.Trainer) -> tuple[dict, str] | None:

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from jointdiff.cache import CACHE_ENV, cache_dir  # noqa: F401  (cache_dir: re-exported for the DataModules)
 from jointdiff.data.semisupervised import (
     IMAGES_STREAM,
     LABELLED_STREAM,
@@ -31,7 +32,6 @@ from jointdiff.data.semisupervised import (
     select_labelled,
     validate_labelled_args,
 )
-from jointdiff.files import CACHE_ENV, cache_dir  # noqa: F401  (cache_dir: re-exported for the DataModules)
 from jointdiff.images import from_uint8
 
 # torchdata 0.11 calls torch.set_vital on every iterator, which torch ≥ 2.9 deprecates with a warning each epoch

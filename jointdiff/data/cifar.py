@@ -1,31 +1,34 @@
 """CIFAR-10 and CIFAR-100 from the "python version" pickles (``cifar-10-batches-py/``, ``cifar-100-python/``).
 
-The pickles are read here (the same ``pickle.load(f, encoding="latin1")`` as torchvision) rather than through
+The pickles are read here (as torchvision does, but by an unpickler that builds only containers and arrays:
+:func:`jointdiff.trust.load_data_pickle`) rather than through
 ``torchvision.datasets.CIFAR10``, because that class refuses files whose MD5 differs from the published archive.
-A ``.tar.gz`` archive found instead of the folder is extracted into the cache with torchvision's extractor.
+A ``.tar.gz`` archive found instead of the folder is extracted into the cache (:func:`jointdiff.cache.build_entry`).
 """
 
 from __future__ import annotations
 
-import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
-from torchvision.datasets.utils import extract_archive
 
+from jointdiff.cache import build_entry
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits, cache_dir
+from jointdiff.trust import UntrustedFileError, load_data_pickle
 
 
 def read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One pickled batch → (N, 3, 32, 32) uint8 images and (N,) labels."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = load_data_pickle(path)  # containers and arrays only: a pickle can otherwise run code
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry[label_key], dtype=np.int64)
+    except UntrustedFileError:
+        raise
     except Exception as err:
         raise ValueError(
             f"could not parse the CIFAR batch {path} (python pickle with 'data' and '{label_key}'): {err!r}"
@@ -50,10 +53,17 @@ class _CIFARDataModule(ImageDataModule):
             if all((folder / f).is_file() for f in self.train_files + self.test_files):
                 return folder
         if (root / self.archive).is_file():
+            archive = root / self.archive
             target = cache_dir() / "extracted" / self.env_subdir
-            if not (target / self.folder).is_dir():
-                extract_archive(str(root / self.archive), str(target))
-            return self._find(target)
+
+            def extract(tmp: Path) -> None:
+                # tarfile's "data" filter: no member may land outside the folder, be a device or a link out of it
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+
+            complete = lambda entry: all((entry / self.folder / f).is_file()  # noqa: E731
+                                         for f in self.train_files + self.test_files)
+            return self._find(build_entry(target, extract, complete))
         return None
 
     def _download(self, target: Path) -> None:

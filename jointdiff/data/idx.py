@@ -6,20 +6,14 @@ import gzip
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import torch.nn.functional as F
 import torchvision
 
-from jointdiff.data.base import (
-    ImageDataModule,
-    ImageTensorDataset,
-    Splits,
-    cache_dir,
-)
+from jointdiff.cache import build_entry, cache_dir, cache_lock, inside_cache, remove_cache_entry
+from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.data.images import resize_square
 
 IDX_FILES = (
@@ -43,19 +37,21 @@ def _source(folder: Path, name: str) -> Path:
     return folder / name if (folder / name).exists() else folder / f"{name}.gz"
 
 
-def check_idx_bytes(data: bytes, source: Path) -> None:
+def check_idx_bytes(data: bytes, source: Path, length: int | None = None) -> None:
     """Reject an idx payload whose header does not describe its length (empty, truncated or not idx at all),
     naming ``source``. Header: two zero bytes, a type code (0x08: uint8), the number of dimensions, then each
-    dimension as a big-endian uint32; the payload holds their product in bytes."""
+    dimension as a big-endian uint32; the payload holds their product in bytes. ``data`` may be just the header
+    when ``length`` gives the payload's full length."""
+    length = len(data) if length is None else length
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or not 1 <= data[3] <= 4:
-        raise ValueError(f"{source} is not a uint8 idx file ({len(data)} bytes after decompression); "
+        raise ValueError(f"{source} is not a uint8 idx file ({length} bytes after decompression); "
                          "replace it with the dataset's original file")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     expected = 4 + 4 * ndim + math.prod(dims)
-    if len(data) != expected:
+    if len(data) < 4 + 4 * ndim or length != expected:
         raise ValueError(f"{source}: its header announces shape {tuple(dims)} ({expected} bytes) but it holds "
-                         f"{len(data)} bytes; replace it with the dataset's original file")
+                         f"{length} bytes; replace it with the dataset's original file")
 
 
 def _cache_entry(folder: Path) -> tuple[Path, Path]:
@@ -71,21 +67,23 @@ def _cache_entry(folder: Path) -> tuple[Path, Path]:
 
 
 def _torchvision_layout(folder: Path, tv_name: str) -> Path:
-    """A root that torchvision's parser reads: ``folder`` itself if it is ``<root>/<Name>/raw`` with uncompressed
-    files, else a cache copy with the ``.gz`` files decompressed (data roots may be read-only).
+    """A root that torchvision's parser reads: ``folder``'s grandparent if ``folder`` is ``<root>/<Name>/raw`` with
+    uncompressed files (after checking each file, :func:`check_idx_bytes`), else a cache copy with the ``.gz``
+    files decompressed (data roots may be read-only).
 
-    The copy is checked (:func:`check_idx_bytes`) before it is cached, built in a temporary folder and renamed into
-    place complete, and keyed on the source files' identity (:func:`_cache_entry`); entries of older versions of
-    the same folder's files are removed. Every error names the source file, never the cache."""
+    The copy is checked before it is cached, built under a lock in a temporary folder and renamed into place complete
+    (:func:`jointdiff.cache.build_entry`), and keyed on the source files' identity (:func:`_cache_entry`). Entries
+    of older versions of the same folder's files are removed under the same lock. Every error names the source
+    file, never the cache, and nothing outside the cache is ever deleted."""
     if folder.name == "raw" and folder.parent.name == tv_name and all((folder / f).exists() for f in IDX_FILES):
+        for f in IDX_FILES:  # torchvision's reader would fail on a truncated file with a bare traceback
+            with open(folder / f, "rb") as handle:
+                check_idx_bytes(handle.read(4 + 4 * 4), folder / f, (folder / f).stat().st_size)
         return folder.parent.parent
     parent, root = _cache_entry(folder)
-    if (root / tv_name / "raw").is_dir():
-        return root
-    parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=parent, prefix=".build-"))
-    try:
-        raw = build / tv_name / "raw"
+
+    def build(tmp: Path) -> None:
+        raw = tmp / tv_name / "raw"
         raw.mkdir(parents=True)
         for f in IDX_FILES:
             source = _source(folder, f)
@@ -95,17 +93,12 @@ def _torchvision_layout(folder: Path, tv_name: str) -> Path:
                 raise ValueError(f"could not decompress {source}: {err!r}; replace it with the original file") from err
             check_idx_bytes(data, source)
             (raw / f).write_bytes(data)
-        for old in parent.iterdir():  # entries built from earlier versions of these files (not others' builds)
-            if not old.name.startswith("."):
-                shutil.rmtree(old, ignore_errors=True)
-        try:
-            build.rename(root)
-        except OSError:
-            if not (root / tv_name / "raw").is_dir():  # else another process finished the same entry first
-                raise
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    return root
+        for old in parent.iterdir():  # entries built from earlier versions of these files (never a build, a lock)
+            if old != root and old.is_dir() and not old.name.startswith("."):
+                with cache_lock(old):
+                    remove_cache_entry(old)
+
+    return build_entry(root, build, lambda entry: all((entry / tv_name / "raw" / f).is_file() for f in IDX_FILES))
 
 
 class IdxDataModule(ImageDataModule):
@@ -173,8 +166,9 @@ class IdxDataModule(ImageDataModule):
             ds = self.tv_class(str(root), train=train, download=False)
         except Exception as err:
             source = getattr(self, "_source_folder", root)
-            if source != root:  # never keep a cache entry that failed to parse
-                shutil.rmtree(root, ignore_errors=True)
+            if inside_cache(root):  # never keep a cache entry that failed to parse; the user's folder is never touched
+                with cache_lock(root):
+                    remove_cache_entry(root)
             raise ValueError(f"could not parse the {self.name} idx files in {source}: {err!r}") from err
         images = ds.data.unsqueeze(1)  # (N, 1, 28, 28) uint8
         if self.image_size == 32:

@@ -26,6 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from tqdm.auto import tqdm
 
+from jointdiff.cache import cache_lock
+from jointdiff.files import atomic_write_json
+
 
 def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """(N, c, h, w) uint8 → (N, c, size, size) uint8, bilinear with antialiasing (aspect ratio not kept)."""
@@ -161,19 +164,29 @@ def cached_decode(
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_folder / f"{digest}.npy"
     shape = (len(files), 3, files.size, files.size)
-    if path.exists():
-        array = np.load(path, mmap_mode="c")
-        if array.shape == shape and array.dtype == np.uint8:
-            return torch.from_numpy(array)
-    cache_folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.partial")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    try:
-        decode_into(files, array, num_workers, desc)
-        array.flush()
-        del array
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache behind
-    finally:
-        tmp.unlink(missing_ok=True)
-    (cache_folder / f"{digest}.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+    def cached() -> torch.Tensor | None:
+        if not path.exists():
+            return None
+        try:
+            array = np.load(path, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError):  # a truncated or foreign file: decode again
+            return None
+        return torch.from_numpy(array) if array.shape == shape and array.dtype == np.uint8 else None
+
+    if (found := cached()) is not None:
+        return found
+    with cache_lock(path):  # one process decodes; the others wait and read its file
+        if (found := cached()) is not None:
+            return found
+        cache_folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.partial")
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            decode_into(files, array, num_workers, desc)
+            array.flush()
+            del array
+            os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache behind
+        finally:
+            tmp.unlink(missing_ok=True)
+        atomic_write_json(key, cache_folder / f"{digest}.json")
     return torch.from_numpy(np.load(path, mmap_mode="c"))

@@ -129,6 +129,22 @@ def locate_inception_weights(configured: str | None = None, allow_download: bool
     raise InceptionWeightsNotFoundError(missing_inception_message(None, cache, download_error))
 
 
+def check_weights_file(path: Path) -> None:
+    """Raise one line unless ``path`` is a state dict that loads with ``weights_only=True`` (:mod:`jointdiff.trust`):
+    torch-fidelity unpickles the file in full, which would run any code stored in it."""
+    from jointdiff.trust import UntrustedFileError, load_torch_file
+
+    try:
+        state = load_torch_file(path, "weights file")
+    except UntrustedFileError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable PyTorch weights file ({type(err).__name__}): pass torch-fidelity's "
+                         f"{INCEPTION_FILE}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors: pass torch-fidelity's {INCEPTION_FILE}")
+
+
 class InceptionFeatures(FeatureExtractor):
     """2048-d pool3 features of torch-fidelity's FID InceptionV3 (the network torchmetrics' FID uses).
 
@@ -143,6 +159,7 @@ class InceptionFeatures(FeatureExtractor):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         path = locate_inception_weights(weights, allow_download)
+        check_weights_file(path)  # torch-fidelity unpickles it in full: only plain tensors may reach it
         try:
             self.net = FeatureExtractorInceptionV3(
                 "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from jointdiff.files import atomic_write, cache_dir
+from jointdiff.cache import cache_dir
+from jointdiff.files import atomic_write
+from jointdiff.trust import load_torch_file
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,9 @@ class ReferenceCache:
         if not path.is_file():
             return None
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_torch_file(path, "feature cache entry")
         except Exception:
-            return None  # a truncated or foreign file: recompute and overwrite
+            return None  # a truncated, foreign or refused file: recompute and overwrite
         if data.get("key") != asdict(key):
             return None
         features = data.get("features")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import pickle
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +13,7 @@ import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 from jointdiff.diffusion.schedules import canonical_schedule
+from jointdiff.trust import UntrustedFileError, load_torch_file
 
 CLASS_KEY = "jointdiff_class"
 
@@ -127,22 +130,70 @@ def check_checkpoint_fits(model, checkpoint: dict, source: str) -> None:
 
 def read_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """The checkpoint dict in ``path``, or one line saying why it cannot be one (missing, empty, truncated, not a
-    PyTorch file, not a dict). ``mmap=True`` maps the tensors instead of reading them (a cheap look inside)."""
+    PyTorch file, not a dict, or needing code to unpickle: :mod:`jointdiff.trust`). ``mmap=True`` maps the tensors
+    instead of reading them (a cheap look inside)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes), probably from a run killed while saving: pass another checkpoint")
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes), probably from a run killed while saving: pass "
+                                     "another checkpoint")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        checkpoint = load_torch_file(path, "checkpoint", map_location=map_location, mmap=mmap)
+    except UntrustedFileError:
+        raise
+    except (OSError, MemoryError) as err:
+        if _is_complete_zip(path):  # an I/O error, or no memory: says nothing about the file, retrying may help
+            raise
+        raise CorruptCheckpointError(f"{path} is truncated or not a PyTorch checkpoint (not a complete zip archive): "
+                                     "pass another checkpoint") from err
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}): "
-                         "pass a checkpoint written by `jointdiff fit`") from err
+        if isinstance(err, pickle.UnpicklingError):
+            first = "its bytes are not a pickle torch can read"
+        raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {first}): "
+                                     "pass a checkpoint written by `jointdiff fit`") from err
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint: pass a file written by "
-                         "`jointdiff fit`")
+        raise CorruptCheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint: pass a file "
+                                     "written by `jointdiff fit`")
     return checkpoint
+
+
+def _is_complete_zip(path: Path) -> bool:
+    """Whether ``path`` ends in a zip central directory (what ``torch.save`` writes last); I/O errors propagate."""
+    with open(path, "rb") as f:
+        return zipfile.is_zipfile(f)
+
+
+class CorruptCheckpointError(ValueError):
+    """The file's content is not a checkpoint (empty, truncated, not a zip, not a dict): unlike an I/O error, retrying
+    cannot help."""
+
+
+def check_model_class(class_path: str, source: str, expected: type | tuple[type, ...] | None = None) -> type:
+    """The LightningModule class ``class_path`` names, imported only if it lives in ``jointdiff`` (or is exactly one of
+    ``expected``) and built only if it is a LightningModule: a class named in a file is data, not an instruction to
+    import or call anything (:mod:`jointdiff.trust`)."""
+    expected_all = () if expected is None else expected if isinstance(expected, tuple) else (expected,)
+    module_name, _, cls_name = str(class_path).rpartition(".")
+    asked = {f"{c.__module__}.{c.__qualname__}": c for c in expected_all}
+    if class_path in asked:
+        return asked[class_path]
+    if not module_name or not (module_name == "jointdiff" or module_name.startswith("jointdiff.")):
+        raise UntrustedFileError(f"{source} names the class {class_path!r}, which is not a model of jointdiff: only "
+                                 "jointdiff's own LightningModules are built from a checkpoint")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{source} names the class {class_path!r}, which this version of jointdiff does not have "
+                         f"({err}): use the jointdiff version that wrote it") from None
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
+        raise UntrustedFileError(f"{source} names {class_path!r}, which is not a LightningModule: only jointdiff's "
+                                 "own models are built from a checkpoint")
+    if expected_all and not issubclass(cls, expected_all):
+        names = ", ".join(c.__name__ for c in expected_all)
+        raise ValueError(f"{source} holds a {cls.__name__}; expected one of: {names}")
+    return cls
 
 
 def _read(path: str | Path, map_location) -> dict:
@@ -161,16 +212,31 @@ def load_model(
     ckpt = _read(path, map_location)
     if CLASS_KEY not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path} was not written by jointdiff (no '{CLASS_KEY}' entry); train it with `jointdiff fit`")
-    module_name, _, cls_name = ckpt[CLASS_KEY].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    if expected is not None and not issubclass(cls, expected):
-        names = ", ".join(c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,)))
-        raise ValueError(f"{path} holds a {cls.__name__}; expected one of: {names}")
+    cls = check_model_class(ckpt[CLASS_KEY], str(path), expected)
+    check_finite_state(ckpt["state_dict"], str(path))
     # LightningCLI adds private entries (``_class_path``, ``_instantiator``) beside the init arguments.
     hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
     model = cls(**hparams)
     load_state_dict_checked(model, ckpt["state_dict"], str(path))
     return model.eval()
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a non-finite loss or non-finite weights."""
+
+
+def check_finite_state(state: dict, source: str) -> None:
+    """Raise one line if a state dict holds NaN or infinite values (the weights of a diverged run). One host sync
+    when every tensor is finite."""
+    floats = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()}
+    if not floats:
+        return
+    finite = torch.stack([torch.isfinite(v).all().to(next(iter(floats.values())).device) for v in floats.values()])
+    if bool(finite.all()):
+        return
+    bad = [k for k, ok in zip(floats, finite.tolist(), strict=True) if not ok]
+    raise NonFiniteLossError(f"{source} holds non-finite weights ({len(bad)} of {len(floats)} tensors, first "
+                             f"{bad[0]}), the result of a diverged run: retrain it (e.g. with a smaller learning rate)")
 
 
 def load_state_dict_checked(module: torch.nn.Module, state_dict: dict, source: str, prefix: str = "") -> None:

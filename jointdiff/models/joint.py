@@ -23,6 +23,7 @@ from jointdiff.models.base import HeadEvaluation, build_unet, check_datamodule_m
 from jointdiff.models.checkpoints import (
     RecordsClass,
     check_checkpoint_fits,
+    check_finite_state,
     load_state_dict_checked,
     read_checkpoint,
     upgrade_checkpoint,
@@ -192,6 +193,7 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
             raise ValueError(f"init_from={path} is not a Lightning checkpoint (no 'state_dict')")
         upgrade_checkpoint(ckpt)
         check_checkpoint_fits(self, ckpt, f"init_from={path}")
+        check_finite_state(ckpt["state_dict"], f"init_from={path}")
         load_state_dict_checked(self.network, ckpt["state_dict"], path, prefix="network.")
         # the EMA with its update count: its warm-up continues where stage 1 left it (docs/fidelity.md, item 4)
         load_state_dict_checked(self.ema, ckpt["state_dict"], path, prefix="ema.")

@@ -54,7 +54,13 @@ def read_samples(path: str | Path, layout: Layout = "auto", value_range: ValueRa
     image_key = next((k for k in IMAGE_KEYS if k in arrays), None)
     if image_key is None:
         raise ValueError(f"{path} holds {sorted(arrays)}; expected the images under one of {list(IMAGE_KEYS)}")
-    x = torch.as_tensor(np.asarray(arrays[image_key]))
+    x = _numeric_tensor(arrays[image_key], path, image_key)
+    if len(x) == 0:
+        raise ValueError(f"{path}: '{image_key}' holds no images (shape {tuple(x.shape)})")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.ndim > 1 else int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{path}: {bad} of {len(x)} images hold NaN or infinite values; a sampler that diverged "
+                         "wrote them: score a file of finite images")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
@@ -69,7 +75,7 @@ def read_samples(path: str | Path, layout: Layout = "auto", value_range: ValueRa
         x = x.permute(0, 3, 1, 2)
     x, value_range = _to_unit_range(x, value_range, path)
     targets_key = next((k for k in TARGET_KEYS if k in arrays), None)
-    targets = None if targets_key is None else torch.as_tensor(np.asarray(arrays[targets_key]))
+    targets = None if targets_key is None else _numeric_tensor(arrays[targets_key], path, targets_key)
     if targets is not None and len(targets) != len(x):
         raise ValueError(f"{path}: {len(x)} images but {len(targets)} targets")
     info = {"path": str(path), "images_key": image_key, "targets_key": targets_key, "layout": layout,
@@ -77,15 +83,41 @@ def read_samples(path: str | Path, layout: Layout = "auto", value_range: ValueRa
     return x.contiguous(), targets, info
 
 
+def _numeric_tensor(value, path: Path, key: str) -> torch.Tensor:
+    """``value`` as a tensor, or one line saying why it is not an array of numbers (object arrays, strings…)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: '{key}' is an array of {array.dtype} ({array.dtype.kind!r}), not of numbers: "
+                         "store the images as uint8 or floats")
+    return torch.as_tensor(array)
+
+
 def _load_arrays(path: Path) -> dict:
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    if path.suffix == ".npy":
-        return {"arr_0": np.load(path)}
-    if path.suffix == ".pt":
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        return data if isinstance(data, dict) else {"arr_0": data}
+    """The file's arrays: for ``.npz`` a lazy mapping (only the image and target arrays are ever read), loaded
+    without pickles; ``.pt`` through the trust rule (:mod:`jointdiff.trust`)."""
+    from jointdiff.trust import UntrustedFileError, load_torch_file
+
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                images, targets = (next((k for k in keys if k in data.files), None)
+                                   for keys in (IMAGE_KEYS, TARGET_KEYS))
+                if images is None:
+                    return dict.fromkeys(data.files)  # (names only, for the error message)
+                return {k: data[k] for k in (images, targets) if k is not None}
+        if path.suffix == ".npy":
+            return {"arr_0": np.load(path, allow_pickle=False)}
+        if path.suffix == ".pt":
+            data = load_torch_file(path, "sample file")
+            return data if isinstance(data, dict) else {"arr_0": data}
+    except UntrustedFileError:
+        raise
+    except Exception as err:  # truncated, not an array file, an object array (needs pickles)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable {path.suffix} sample file ({type(err).__name__}: {first[:160]}): "
+                         "pass a file written by `jointdiff sample` or numpy.savez") from err
     raise ValueError(f"{path}: unknown sample file type {path.suffix!r} (use .npz, .npy or .pt)")
 
 

@@ -21,7 +21,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.utilities import rank_zero_warn
 
 from jointdiff.files import atomic_write
-from jointdiff.models.checkpoints import read_checkpoint
+from jointdiff.models.checkpoints import CorruptCheckpointError, read_checkpoint
 
 HPC_PATTERN = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
 
@@ -77,9 +77,11 @@ def prune_hpc_checkpoints(folder: Path, keep: int) -> list[Path]:
 
 def set_aside_unreadable_hpc_checkpoints(folder: Path) -> list[Path]:
     """Rename every HPC checkpoint newer than the newest readable one to ``unreadable-hpc-ckpt-N.ckpt`` (with a
-    warning), so
-    that Lightning's SLURM auto-resume, which takes the largest N, resumes from the newest *readable* checkpoint
-    instead of crashing. Safe when every rank calls it: a file another rank already moved is skipped."""
+    warning), so that Lightning's SLURM auto-resume, which takes the largest N, resumes from the newest *readable*
+    checkpoint instead of crashing. Only definite corruption (empty, truncated, not a zip, not a pickle torch reads:
+    :class:`CorruptCheckpointError`) sets a file aside; an I/O error, a lack of memory or a refused file propagates,
+    so that a transient fault fails the attempt (and SLURM requeues it) instead of discarding a good checkpoint.
+    Safe when every rank calls it: a file another rank already moved is skipped."""
     moved = []
     for path in hpc_checkpoints(folder):
         try:
@@ -87,7 +89,7 @@ def set_aside_unreadable_hpc_checkpoints(folder: Path) -> list[Path]:
             break
         except FileNotFoundError:
             continue
-        except ValueError as err:
+        except CorruptCheckpointError as err:
             # (no "hpc_ckpt_" left in the name: Lightning would still count it as an HPC checkpoint)
             target = path.with_name("unreadable-" + path.name.replace("_", "-"))
             try:
@@ -97,3 +99,26 @@ def set_aside_unreadable_hpc_checkpoints(folder: Path) -> list[Path]:
             rank_zero_warn(f"skipping an unreadable HPC checkpoint ({err}); it is kept as {target}")
             moved.append(target)
     return moved
+
+
+def existing_checkpoints(run_folder: Path) -> list[Path]:
+    """Checkpoints a fit in ``run_folder`` would overwrite: ``checkpoints/*.ckpt`` and ``hpc_ckpt_N.ckpt``."""
+    run_folder = Path(run_folder)
+    return sorted([*run_folder.glob("checkpoints/*.ckpt"), *hpc_checkpoints(run_folder)])
+
+
+def refuse_restart_over_checkpoints(run_folder: Path, hpc_folder: Path, restart: bool) -> None:
+    """Raise one line if a ``fit`` without ``--ckpt_path`` would start from step 0 in a run folder that holds
+    checkpoints (and overwrite ``last.ckpt``), unless ``restart`` says to: a SLURM requeue whose HPC checkpoints were
+    all unreadable must not quietly throw the run away. Lightning resumes from an HPC checkpoint of ``hpc_folder``
+    by itself; that is not a restart."""
+    if restart or hpc_checkpoints(hpc_folder):
+        return
+    found = existing_checkpoints(run_folder)
+    if found:
+        names = ", ".join(str(p) for p in found[:3]) + (" …" if len(found) > 3 else "")
+        raise ValueError(
+            f"the run folder {run_folder} already holds checkpoints ({names}) and this fit has no --ckpt_path, so it "
+            "would start again from step 0 and overwrite them: resume with --ckpt_path <file>, use another run "
+            "folder, or pass --restart true to start over"
+        )

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from jointdiff.files import atomic_write_json
-from jointdiff.workflow.runs import RUN_DIR_ENV, attempt_status
+from jointdiff.runs import RUN_DIR_ENV, attempt_status, check_one_line
 from jointdiff.workflow.sweeps import fit_args
 
 SLURM_ARRAY_TEMPLATE = "experiments/slurm/array.sbatch"
@@ -110,6 +112,20 @@ def run_locally(
     runner was killed), failed and pending runs run again, a ``jointdiff fit`` one resuming from the newest
     ``last.ckpt`` in its run folder (from scratch when there is none). A
     SIGTERM to this runner stops the current run (SIGTERM to it too), records it as interrupted, and exits 143."""
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(manifest.parent / f".{manifest.name}.lock"))  # released by the OS when the runner dies
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"another runner is running the jobs of {manifest} (it holds {lock.lock_file}): wait for it "
+                         "to end or stop it, then run again; it resumes what is left") from None
+    try:
+        return _run_locked(jobs, manifest, meta, keep_going, cwd)
+    finally:
+        lock.release()
+
+
+def _run_locked(jobs: list[Job], manifest: Path, meta: dict, keep_going: bool, cwd: str | None) -> list[dict]:
     earlier = previous_results(jobs, manifest)
     results = {i: r for i, r in earlier.items() if r.get("status") == "finished"}
     _record(jobs, results, manifest, meta)
@@ -161,6 +177,9 @@ def write_slurm_array(jobs: list[Job], out: Path, meta: dict, name: str, max_par
     for job in jobs:
         extra_env = {k: v for k, v in job.env.items() if k != RUN_DIR_ENV}
         prefix = ["env", *(f"{k}={v}" for k, v in extra_env.items())] if extra_env else []
+        check_one_line(str(job.run_dir), "the run folder")
+        for arg in job.argv:
+            check_one_line(arg, f"{job.name}: the argument")
         lines.append(f"{job.run_dir}\t{shlex.join(prefix + job.argv)}")
     commands = out / "commands.tsv"
     commands.write_text("\n".join(lines) + "\n")

@@ -16,8 +16,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 import jointdiff.data  # noqa: F401  (registers DataModules for short class names)
 import jointdiff.models  # noqa: F401  (registers models for short class names)
+from jointdiff.callbacks.finite import StopOnNonFinite
+from jointdiff.callbacks.logging import run_dir
 from jointdiff.data.base import ImageDataModule
-from jointdiff.models.checkpoints import check_checkpoint_fits, check_same_class, read_checkpoint, upgrade_checkpoint
+from jointdiff.models.checkpoints import (
+    check_checkpoint_fits,
+    check_finite_state,
+    check_model_class,
+    check_same_class,
+    read_checkpoint,
+    upgrade_checkpoint,
+)
 from jointdiff.workflow import checkpoint_io
 
 LINKED_DATA_KEYS = ("image_size", "channels", "num_classes", "task")
@@ -39,6 +48,13 @@ class JointDiffCLI(LightningCLI):
             default=False,
             help="after `fit`, run `test` on the final (last-step) weights in the same run directory",
         )
+        parser.add_argument(
+            "--restart",
+            type=bool,
+            default=False,
+            help="`fit` without --ckpt_path in a run folder that already holds checkpoints: start over from step 0 "
+            "(overwriting them) instead of refusing",
+        )
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand].get("trainer") or {}
@@ -53,10 +69,14 @@ class JointDiffCLI(LightningCLI):
         self._check_ckpt_path()
         trainer = super().instantiate_trainer(**kwargs)
         checkpoint_io.install(trainer)
+        if self.subcommand == "fit" and not any(isinstance(cb, StopOnNonFinite) for cb in trainer.callbacks):
+            trainer.callbacks.append(StopOnNonFinite())  # a diverged run fails, never reports a result
         if self.subcommand == "fit" and self.config[self.subcommand].get("ckpt_path") is None:
             folder = Path(trainer.default_root_dir)
             if checkpoint_io.hpc_checkpoints(folder):  # SLURM auto-resume takes the newest readable one
                 checkpoint_io.set_aside_unreadable_hpc_checkpoints(folder)
+            checkpoint_io.refuse_restart_over_checkpoints(
+                run_dir(trainer), folder, bool(self.config[self.subcommand].get("restart")))
         return trainer
 
     def _reject_hand_set_links(self) -> None:
@@ -82,6 +102,10 @@ class JointDiffCLI(LightningCLI):
         if not path or str(path) in CKPT_PATH_KEYWORDS or not Path(path).is_file():
             return super()._parse_ckpt_path()
         self._checkpoint = (str(path), read_checkpoint(path, mmap=True))  # read once; _check_ckpt_path reuses it
+        # Lightning builds the model from the class the checkpoint names: only one of jointdiff's own
+        named = (self._checkpoint[1].get("hyper_parameters") or {}).get("_class_path")
+        if named is not None:
+            check_model_class(named, str(path))
         configured = self.config[sub].get("model")
         if configured is None:
             return super()._parse_ckpt_path()
@@ -106,6 +130,7 @@ class JointDiffCLI(LightningCLI):
         cached = getattr(self, "_checkpoint", None)
         checkpoint = cached[1] if cached and cached[0] == str(path) else read_checkpoint(path, mmap=True)
         check_checkpoint_fits(self.model, upgrade_checkpoint(checkpoint), str(path))
+        check_finite_state(checkpoint.get("state_dict", {}), str(path))
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

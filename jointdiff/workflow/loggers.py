@@ -1,4 +1,4 @@
-"""Loggers whose run folder and W&B run id stay the same across SLURM requeues (see :mod:`jointdiff.workflow.runs`).
+"""Loggers whose run folder and W&B run id stay the same across SLURM requeues (see :mod:`jointdiff.runs`).
 
 ``RunCSVLogger`` is Lightning's ``CSVLogger`` plus two things: its folder is ``$JOINTDIFF_RUN_DIR`` when that is set
 (else ``save_dir/name/version`` with ``version`` defaulting to the SLURM run key inside a SLURM job), and reopening
@@ -7,7 +7,7 @@ It comes first in ``trainer.logger``, so it defines ``trainer.log_dir``: the fol
 ``metrics.json``, ``run.json`` and ``checkpoints/``.
 
 ``WandbRunLogger`` is Lightning's ``WandbLogger`` with the run id chosen by
-:func:`~jointdiff.workflow.runs.wandb_run_id` (``resume="allow"``, so a requeued attempt continues the same W&B run),
+:func:`~jointdiff.runs.wandb_run_id` (``resume="allow"``, so a requeued attempt continues the same W&B run),
 stored in the run folder when one is known.
 """
 
@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from jointdiff.workflow.runs import persist_id, run_dir_from_env, slurm_run_key, wandb_run_id
+from jointdiff.runs import check_safe_name, persist_id, run_dir_from_env, slurm_run_key, wandb_run_id
 
 
 class _ResumingWriter(ExperimentWriter):
@@ -64,10 +64,13 @@ class RunCSVLogger(CSVLogger):
         if forced is not None:  # save_dir/name/version = <parent>/""/<basename>: exactly the forced folder
             save_dir, name, version = str(forced.parent), "", forced.name
         else:
+            check_safe_name(name, "the run name")
             if group:
-                save_dir = os.path.join(save_dir, group)
+                save_dir = os.path.join(save_dir, check_safe_name(group, "the run group"))
             if version is None:
                 version = slurm_run_key()
+            elif isinstance(version, str):
+                check_safe_name(version, "the run version")
         super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
 
     @property
@@ -86,7 +89,7 @@ class WandbRunLogger(WandbLogger):
         project, entity, group, tags, notes, job_type: as ``wandb.init``.
         name: display name; ``None`` lets :class:`~jointdiff.callbacks.workflow.WandbResolvedConfig` name the run
             after its local folder (``runs/.../version_0``), so the two are easy to match.
-        id: a fixed run id; ``None`` chooses one by :func:`~jointdiff.workflow.runs.wandb_run_id`.
+        id: a fixed run id; ``None`` chooses one by :func:`~jointdiff.runs.wandb_run_id`.
         save_dir: where wandb keeps its local files; ``None``: ``$JOINTDIFF_RUN_DIR`` when set, else ``runs``.
         offline: log locally only (``WANDB_MODE=offline`` does the same); ``wandb sync`` uploads later.
         log_model: upload checkpoints as W&B artifacts (``False``, ``True`` at the end, or ``"all"``).

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jointdiff.workflow.runs import RUN_DIR_ENV
+from jointdiff.runs import RUN_DIR_ENV
 
 BASE = "configs/base/default.yaml"
 QUICK = ("configs/base/cpu_quick.yaml",)

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from jointdiff.runs import attempt_status, read_json
 from jointdiff.workflow import paper_numbers as P
 from jointdiff.workflow.results import (
     DATASET_NAMES,
@@ -18,7 +18,6 @@ from jointdiff.workflow.results import (
     pick,
     read_run,
 )
-from jointdiff.workflow.runs import attempt_status
 
 GEN_PREFERENCE = ("inception/reference", "inception/standard")
 DASH = "–"
@@ -44,8 +43,12 @@ def _steps(run: RunResult) -> str:
 
 class Report:
     def __init__(self, runs: list[RunResult], alpha: dict[Path, list[AlphaPoint]], sweeps: list, output: Path,
-                 roots: list[str]):
-        self.runs, self.alpha, self.sweeps, self.output, self.roots = runs, alpha, sweeps, output, roots
+                 roots: list[str], unreadable: list[Path] | None = None):
+        # a failed or diverged run is listed as such and never fills a table cell
+        self.runs = [r for r in runs if r.failed is None]
+        self.failed = [r for r in runs if r.failed is not None]
+        self.alpha, self.sweeps, self.output, self.roots = alpha, sweeps, output, roots
+        self.unreadable = unreadable if unreadable is not None else []
         self.lines: list[str] = []
         self.plots: list[Path] = []
 
@@ -205,7 +208,9 @@ class Report:
                           f"(paper: about {P.MALARIA_ACCURACY:.0f} %)"
                           + (f" — `{run.path}` ({_steps(run)})" if run else ""))
         for path in sorted(p for root in self.roots for p in Path(root).rglob("counterfactual.json")):
-            cf = json.loads(path.read_text())
+            cf = read_json(path, self.unreadable)
+            if cf is None:
+                continue
             self.lines.append(f"- counterfactuals `{path.parent}`: {len(cf.get('images', []))} images, the model's "
                               f"head assigns the target class to {100 * cf.get('flipped_before_own_head', 0):.0f} % "
                               f"before and {100 * cf.get('flipped_own_head', 0):.0f} % after (α={cf.get('alpha')}, "
@@ -296,12 +301,27 @@ class Report:
             rows = []
             for run, result in entries:
                 value = None
-                if result is not None:
+                if result is not None and result.failed is None:
                     value = result.test.get(metric or "test/acc", result.fit.get(metric or "test/acc"))
-                rows.append([f"{run['index']:03d}", *(str(run.get("params", {}).get(n, "")) for n in names),
-                             attempt_status(run) if "status" in run else "?", str(result.steps) if result else DASH,
+                status = attempt_status(run) if "status" in run else "?"
+                if result is not None and result.failed is not None:
+                    status = "failed"
+                rows.append([f"{run.get('index', 0):03d}", *(str(run.get("params", {}).get(n, "")) for n in names),
+                             status, str(result.steps) if result else DASH,
                              _num(value, 4) if value is not None else DASH])
             self.lines += _table(header, rows) + [""]
+
+    def not_results(self) -> None:
+        """Runs that failed or diverged, and files that could not be read: listed, never counted."""
+        if self.failed:
+            self.lines += ["## Failed runs (not counted)", ""]
+            self.lines += _table(["folder", "method", "data", "steps", "why"], [
+                [f"`{r.path}`", r.method, DATASET_NAMES.get(r.dataset, r.dataset), f"{r.steps:,}",
+                 r.failed.replace("|", "/")[:200]] for r in self.failed])
+            self.lines.append("")
+        if self.unreadable:
+            self.lines += ["## Unreadable files (skipped)", ""]
+            self.lines += [f"- `{p}`" for p in sorted(set(self.unreadable))] + [""]
 
     def appendix(self) -> None:
         self.lines += ["## Every run found", ""]
@@ -322,7 +342,7 @@ def _num(x: float | None, digits: int = 1) -> str:
 
 def _checkpoint_run(alpha_json: Path) -> RunResult | None:
     """The training run of the checkpoint an α sweep sampled from (…/<run>/checkpoints/last.ckpt)."""
-    ckpt = Path(json.loads(alpha_json.read_text()).get("checkpoint", ""))
+    ckpt = Path((read_json(alpha_json) or {}).get("checkpoint", ""))
     for folder in (ckpt.parent.parent, ckpt.parent):
         if (folder / "metrics.json").is_file():
             return read_run(folder / "metrics.json")
@@ -332,14 +352,17 @@ def _checkpoint_run(alpha_json: Path) -> RunResult | None:
 def build_report(roots: list[str], output: str) -> tuple[str, list[Path]]:
     """The Markdown report of every run under ``roots`` and the plots it wrote into ``output``."""
     out = Path(output)
-    runs = collect_runs(roots)
-    rep = Report(runs, collect_alpha_sweeps(roots), collect_sweeps(roots), out, roots)
+    unreadable: list[Path] = []
+    runs = collect_runs(roots, unreadable)
+    rep = Report(runs, collect_alpha_sweeps(roots, unreadable), collect_sweeps(roots, unreadable), out, roots,
+                 unreadable)
     rep.lines += ["# jointdiff results", "",
-                  f"{len(runs)} finished runs under {', '.join(f'`{r}`' for r in roots)}. Cells: ours (paper). "
+                  f"{len(rep.runs)} finished runs ({len(rep.failed)} failed, {len(set(unreadable))} unreadable "
+                  f"files) under {', '.join(f'`{r}`' for r in roots)}. Cells: ours (paper). "
                   "Our numbers come from the runs listed under each table, at the budgets listed there; the paper "
                   "trained 100k–500k steps on GPUs.", ""]
     for section in (rep.table1, rep.table2, rep.table5, rep.table6, rep.malaria, rep.alpha_section,
-                    rep.sweeps_section, rep.appendix):
+                    rep.sweeps_section, rep.not_results, rep.appendix):
         section()
     text = "\n".join(rep.lines)
     out.mkdir(parents=True, exist_ok=True)

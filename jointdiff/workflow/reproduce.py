@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from jointdiff.runs import read_json, run_failure
 from jointdiff.workflow.launch import Job, run_locally
 from jointdiff.workflow.paper import PaperRun, paper_runs, select
 
 
 def _finished(run: PaperRun, quick: bool, root: str) -> bool:
-    path = run.run_dir(quick, root) / "metrics.json"
-    if not path.is_file():
-        return False
-    return "test" in json.loads(path.read_text())
+    """Tested, with finite metrics, and its last attempt not failed (a diverged run is re-run, never counted)."""
+    folder = run.run_dir(quick, root)
+    metrics = read_json(folder / "metrics.json")
+    return metrics is not None and "test" in metrics and run_failure(folder, metrics) is None
 
 
 def paper(

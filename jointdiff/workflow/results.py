@@ -10,11 +10,12 @@ of ``metrics.json`` (``test/gen_<extractor>/<metric>_<convention>``) or, when ab
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from jointdiff.runs import RUN_RECORD, read_json, run_failure
 
 DATASET_OF_CLASS = {
     "FashionMNISTDataModule": "fashion_mnist", "SVHNDataModule": "svhn", "CIFAR10DataModule": "cifar10",
@@ -46,6 +47,7 @@ class RunResult:
     attempts: int = 1
     stage: str | None = None  # domain adaptation: source | target
     augmentation: str | None = None  # classifier_augmentation (D5): Table 5 runs use "off"
+    failed: str | None = None  # why this run is not a result (its last attempt failed, non-finite metrics)
 
     @property
     def accuracy(self) -> float | None:
@@ -107,14 +109,15 @@ def generative_scores(test: dict, folder: Path) -> dict[str, dict[str, float]]:
         return out
     path = folder / "generative_eval.json"
     if path.is_file():
-        records = [r for r in json.loads(path.read_text()).get("evaluations", []) if r.get("stage") == "test"]
+        records = [r for r in (read_json(path) or {}).get("evaluations", []) if r.get("stage") == "test"]
         if records:
             return generative_scores(records[-1]["results"], folder / "__none__")
     return out
 
 
-def read_run(metrics_path: Path) -> RunResult | None:
-    """The run whose ``metrics.json`` is ``metrics_path``; ``None`` when its config is missing or unrecognised."""
+def read_run(metrics_path: Path, unreadable: list[Path] | None = None) -> RunResult | None:
+    """The run whose ``metrics.json`` is ``metrics_path``; ``None`` when its config is missing or unrecognised, or
+    a file is unreadable (then listed in ``unreadable``). A failed or diverged run has ``failed`` set."""
     folder = metrics_path.parent
     config = _load_yaml(folder / "config.yaml")
     if config is None:
@@ -123,26 +126,34 @@ def read_run(metrics_path: Path) -> RunResult | None:
     if found is None:
         return None
     model_cls, method, dataset, pct, stage = found
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_json(metrics_path, unreadable) if metrics_path.exists() else {}
+    if metrics is None:
+        return None
     fit, test = metrics.get("fit", {}), metrics.get("test", {})
-    record = folder / "run.json"
-    attempts = len(json.loads(record.read_text()).get("attempts", [])) if record.is_file() else 1
+    record = read_json(folder / RUN_RECORD, unreadable)
+    attempts = len(record.get("attempts", [])) if record else 1
     trainer = config.get("trainer") or {}
     steps = int(fit.get("global_step", test.get("global_step", 0)) or 0)
     return RunResult(
         path=folder, model=model_cls, method=method, dataset=dataset, labelled_pct=pct, steps=steps,
         max_steps=trainer.get("max_steps"), fit=fit, test=test, generative=generative_scores(test, folder),
-        mtime=metrics_path.stat().st_mtime, attempts=max(attempts, 1), stage=stage,
+        mtime=(metrics_path if metrics_path.exists() else folder / RUN_RECORD).stat().st_mtime,
+        attempts=max(attempts, 1), stage=stage,
         augmentation=((config.get("model") or {}).get("init_args") or {}).get("classifier_augmentation"),
+        failed=run_failure(folder, metrics),
     )
 
 
-def collect_runs(roots: list[str | Path]) -> list[RunResult]:
-    """Every classifiable run under ``roots`` (recursively), oldest first."""
+def collect_runs(roots: list[str | Path], unreadable: list[Path] | None = None) -> list[RunResult]:
+    """Every classifiable run under ``roots`` (recursively), oldest first: each folder with a ``metrics.json``, and
+    each failed one (a diverged run stops before it writes metrics: its ``run.json`` says why), with ``failed``."""
     runs = []
     for root in roots:
-        for path in sorted(Path(root).rglob("metrics.json")):
-            run = read_run(path)
+        folders = {p.parent for p in Path(root).rglob("metrics.json")}
+        folders |= {p.parent for p in Path(root).rglob(RUN_RECORD)
+                    if not (p.parent / "metrics.json").exists() and run_failure(p.parent, {}) is not None}
+        for folder in sorted(folders):
+            run = read_run(folder / "metrics.json", unreadable)
             if run is not None:
                 runs.append(run)
     return sorted(runs, key=lambda r: r.mtime)
@@ -164,13 +175,16 @@ class AlphaPoint:
     features: str | None
 
 
-def collect_alpha_sweeps(roots: list[str | Path]) -> dict[Path, list[AlphaPoint]]:
+def collect_alpha_sweeps(roots: list[str | Path], unreadable: list[Path] | None = None,
+                         ) -> dict[Path, list[AlphaPoint]]:
     """α-sweep rows grouped by sweep: one ``alpha_sweep.json`` with many rows (``jointdiff alpha-sweep``), or the
     single-row files of the runs of one ``jointdiff sweep`` folder (``jointdiff sweep alpha``)."""
     groups: dict[Path, list[AlphaPoint]] = {}
     for root in roots:
         for path in sorted(Path(root).rglob("alpha_sweep.json")):
-            data = json.loads(path.read_text())
+            data = read_json(path, unreadable)
+            if data is None:
+                continue
             features = data.get("features")
             # alpha-sweep records the extractor's describe() ({"type": "inception", …}); other scripts a string
             name = (features.get("name") or features.get("type")) if isinstance(features, dict) else features
@@ -182,15 +196,18 @@ def collect_alpha_sweeps(roots: list[str | Path]) -> dict[Path, list[AlphaPoint]
     return {k: sorted(v, key=lambda p: p.alpha) for k, v in groups.items()}
 
 
-def collect_sweeps(roots: list[str | Path]) -> list[tuple[Path, dict, list[tuple[dict, RunResult | None]]]]:
+def collect_sweeps(roots: list[str | Path], unreadable: list[Path] | None = None,
+                   ) -> list[tuple[Path, dict, list[tuple[dict, RunResult | None]]]]:
     """Offline sweeps (``sweep.json`` of ``jointdiff sweep run``): (folder, record, [(run entry, its result)])."""
     out = []
     for root in roots:
         for path in sorted(Path(root).rglob("sweep.json")):
-            record = json.loads(path.read_text())
+            record = read_json(path, unreadable)
+            if record is None:
+                continue
             entries = []
             for run in record.get("runs", []):
-                metrics = Path(run["run_dir"]) / "metrics.json"
-                entries.append((run, read_run(metrics) if metrics.is_file() else None))
+                metrics = Path(run.get("run_dir", "")) / "metrics.json"
+                entries.append((run, read_run(metrics, unreadable) if metrics.is_file() else None))
             out.append((path.parent, record, entries))
     return out

@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 from jointdiff.data.base import ImageDataModule
+from jointdiff.runs import RUN_DIR_ENV, check_safe_name
 from jointdiff.workflow.launch import SLURM_ARRAY_TEMPLATE, Job, run_locally, write_slurm_array
-from jointdiff.workflow.runs import RUN_DIR_ENV
 from jointdiff.workflow.sweeps import expand as expand_sweep
 from jointdiff.workflow.sweeps import load_sweep
 
 
 def _jobs(sweep: str, out: str | None, count: int | None, seed: int) -> tuple[list[Job], Path, dict, str]:
     spec = load_sweep(sweep)
-    name = str(spec.get("name") or Path(sweep).stem)
+    name = check_safe_name(str(spec.get("name") or Path(sweep).stem), f"{sweep}: the sweep name")
     folder = Path(out or f"runs/sweeps/{name}")
     runs = expand_sweep(sweep, count, seed)
     jobs = [Job(f"{name}/run_{r.index:03d}", r.argv, folder / f"run_{r.index:03d}", {"WANDB_RUN_GROUP": name},

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from jointdiff.runs import CONTROL_CHARACTERS
+
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 DISTRIBUTIONS = (
     "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
@@ -183,7 +185,13 @@ def command_line(spec: dict, params: dict[str, Any], interpreter: str | None = N
 def expand(path: str | Path, count: int | None = None, seed: int = 0, interpreter: str | None = None) -> list[SweepRun]:
     """Every run of the sweep file at ``path`` as (index, parameters, argv)."""
     spec = load_sweep(path)
-    return [SweepRun(i, p, command_line(spec, p, interpreter)) for i, p in enumerate(parameter_sets(spec, count, seed))]
+    runs = [SweepRun(i, p, command_line(spec, p, interpreter)) for i, p in enumerate(parameter_sets(spec, count, seed))]
+    for run in runs:  # a newline would split commands.tsv (one task per line) and run the wrong commands
+        for arg in run.argv:
+            if CONTROL_CHARACTERS.search(arg):
+                raise SweepError(f"{path}: run {run.index} would pass {arg!r}, which contains a control character "
+                                 "(newline, tab, …): sweep values must be one line of printable text")
+    return runs
 
 
 def fit_args(argv: list[str]) -> list[str] | None:

@@ -9,7 +9,9 @@ one folder that every attempt finds again.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import socket
 import string
@@ -99,3 +101,59 @@ def attempt_status(attempt: dict) -> str:
     if status == "running" and attempt.get("host") == socket.gethostname() and attempt.get("pid"):
         return "running" if pid_alive(int(attempt["pid"])) else "stale"
     return status
+
+
+def read_json(path: Path, unreadable: list[Path] | None = None) -> dict | None:
+    """The JSON object in ``path``, or ``None`` (recorded in ``unreadable``) when it is missing, truncated,
+    malformed or not an object: a report over many folders skips such a file instead of aborting."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        if unreadable is not None:
+            unreadable.append(Path(path))
+        return None
+    return data
+
+
+def run_failure(folder: Path, metrics: dict | None = None) -> str | None:
+    """Why the run in ``folder`` is not a result, or ``None`` when it is one: its last attempt failed (a diverged
+    run records the step and loss), or its metrics hold non-finite values (written as ``null``)."""
+    record = read_json(Path(folder) / RUN_RECORD) or {}
+    attempts = record.get("attempts") or []
+    if attempts and attempts[-1].get("status") == "failed":
+        return attempts[-1].get("reason") or "the last attempt failed"
+    metrics = read_json(Path(folder) / "metrics.json") if metrics is None else metrics
+    for stage in ("fit", "test"):
+        values = (metrics or {}).get(stage) or {}
+        bad = sorted(k for k, v in values.items() if v is None and k.startswith(("train/", "val/", "test/")))
+        if bad:
+            return f"non-finite {stage} metrics: {', '.join(bad)}"
+    return None
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """``value`` if it is a safe folder name (letters, digits and ``. _ + = -``, not starting with a dot, no ``/``):
+    a name taken from a config must never place files outside the folder meant for them (``../../x``)."""
+    if not SAFE_NAME.fullmatch(str(value)):
+        raise ValueError(f"{what} {value!r} is not a safe folder name: use letters, digits and . _ + = - only "
+                         "(no '/', no leading '.', at most 128 characters)")
+    return str(value)
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_one_line(value: str, what: str) -> str:
+    """``value`` unless it holds a control character (newline, tab, …), which would split a line-based job file."""
+    found = CONTROL_CHARACTERS.search(str(value))
+    if found:
+        raise ValueError(f"{what} {value!r} contains the control character {found.group()!r}: command-line values "
+                         "must be one line of printable text")
+    return str(value)
