@@ -31,5 +31,6 @@ lint: install
 gpu-wheels: install
 	PYTHON=$(BIN)/python bash experiments/gpu/fetch_wheels.sh
 
+# the environment and caches only: runs/ holds results, delete it by hand
 clean:
-	rm -rf $(VENV) runs lightning_logs .pytest_cache
+	rm -rf $(VENV) lightning_logs .pytest_cache

@@ -502,8 +502,9 @@ class Checker:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--work", default=None, help="scratch folder, kept afterwards (default: a new temporary one, "
+                        "deleted at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary scratch folder")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="jointdiff-faults-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         checker.bad_inputs()
         checker.trust_boundary()
     finally:
-        if not args.keep:
+        if not args.keep and args.work is None:  # only the scratch folder it made itself, never a --work folder
             shutil.rmtree(work, ignore_errors=True)
     counted = [r for r in checker.rows if not r[0].startswith("5b")]
     failed = [r for r in counted if not r[3]]

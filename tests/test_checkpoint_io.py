@@ -69,7 +69,7 @@ def test_a_writer_killed_mid_save_leaves_the_old_or_the_new_checkpoint_whole(tmp
                 break
         proc.wait(timeout=60)
         assert killed, "the writer finished before it could be killed"
-        checkpoint = torch.load(dest, weights_only=False)  # whole: either the old or the new one
+        checkpoint = torch.load(dest, weights_only=True)  # whole: either the old or the new one
         assert checkpoint["step"] in (1, 2)
         if checkpoint["step"] == 2:
             assert torch.equal(checkpoint["w"], torch.arange(40_000_000, dtype=torch.float32))
@@ -77,7 +77,7 @@ def test_a_writer_killed_mid_save_leaves_the_old_or_the_new_checkpoint_whole(tmp
         # the next save removes the killed write's leftover
         AtomicCheckpointIO().save_checkpoint({"step": 3}, dest)
         assert list(dest.parent.glob(PARTIALS)) == []
-        assert torch.load(dest, weights_only=False)["step"] == 3
+        assert torch.load(dest, weights_only=True)["step"] == 3
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -168,7 +168,7 @@ def test_resume_restores_step_optimizer_ema_and_rng_exactly(fmnist, tmp_path):
     first = model()
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
     _trainer(tmp_path / "b", 3, callbacks=[ckpt_cb]).fit(first, datamodule=dm)
-    ckpt = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
 
     class Probe(L.Callback):

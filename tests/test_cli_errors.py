@@ -127,7 +127,7 @@ def test_checkpoint_fit_check_names_architecture_and_class(trained_checkpoint):
 def test_test_with_ckpt_path_records_that_checkpoint_and_its_step(tmp_path, trained_checkpoint):
     main(["test", "-c", QUICK, "-c", str(tiny_overrides(tmp_path)), f"--ckpt_path={trained_checkpoint}"])
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
-    assert metrics["test"]["global_step"] == torch.load(trained_checkpoint, weights_only=False)["global_step"] == 3
+    assert metrics["test"]["global_step"] == torch.load(trained_checkpoint, weights_only=True)["global_step"] == 3
     assert metrics["checkpoint"] == metrics["test"]["checkpoint"] == str(trained_checkpoint)
 
 

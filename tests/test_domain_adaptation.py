@@ -136,8 +136,8 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
         for when in ("target_test_before", "target_test_after"):
             acc = summary[when][key]
             assert 0.0 <= acc <= 1.0 and abs(acc * 20 - round(acc * 20)) < 1e-5  # a share of the 20 MNIST test images
-    one = torch.load(summary["stage1"]["checkpoint"], weights_only=False)
-    two = torch.load(summary["stage2"]["checkpoint"], weights_only=False)
+    one = torch.load(summary["stage1"]["checkpoint"], weights_only=True)
+    two = torch.load(summary["stage2"]["checkpoint"], weights_only=True)
     assert two["hyper_parameters"]["init_from"] == summary["stage1"]["checkpoint"]
     assert one["hyper_parameters"]["lr"] != 3e-5  # stage 1 keeps the config's rate ...
     assert two["hyper_parameters"]["lr"] == 3e-5 == summary["stage2"]["lr"]  # ... stage 2 runs at --stage2_lr

@@ -121,7 +121,7 @@ def test_classifier_features_are_the_pooled_encoder_representation(tiny_checkpoi
 
 
 def test_classifier_extractor_rejects_a_model_without_head(tiny_checkpoint, tmp_path):
-    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
     from jointdiff.models import JointDiffusion
 
     hp = dict(ckpt["hyper_parameters"], classifier_weight=0.0)

@@ -169,5 +169,5 @@ def test_checkpoint_of_another_noise_schedule_is_refused_and_legacy_ones_load_as
     # the same checkpoint given to a model built on the (new default) reference schedule: one clear line, no load
     with pytest.raises(ValueError, match="trained with T=.* and the ho_linear β schedule but this model is built with "
                                          ".* reference_linear"):
-        tiny().on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=False))
-    tiny(beta_schedule="ho_linear").on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=False))
+        tiny().on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=True))
+    tiny(beta_schedule="ho_linear").on_load_checkpoint(torch.load(tmp_path / "old.ckpt", weights_only=True))

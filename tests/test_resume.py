@@ -54,7 +54,7 @@ def test_mid_epoch_resume_equals_the_uninterrupted_run_bit_for_bit(fmnist, tmp_p
     straight_trainer.fit(straight, datamodule=dm)
     ckpt_path = tmp_path / "a" / "epoch=0-step=4.ckpt"
     assert ckpt_path.is_file()
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)
     assert ckpt["state_dict"]["ema._extra_state"].item() == 4  # the EMA of step 4, not of step 3
 
     resumed_log = BatchLog()
@@ -81,7 +81,7 @@ def test_buffer_and_counter_are_in_the_checkpoint(fmnist, tmp_path, one_thread):
     save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
     _trainer(tmp_path, 2, [save]).fit(model, datamodule=dm)
     assert model.labelled_buffer.size > 0  # 2 batches of 8 with a third labelled: not yet a full batch of 8
-    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["jointdiff_train_state"]
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["jointdiff_train_state"]
     assert state["classifier_batches"] == model.classifier_batches
     assert torch.equal(state["labelled_buffer"]["targets"], torch.cat(model.labelled_buffer.targets))
 

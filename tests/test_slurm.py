@@ -95,7 +95,7 @@ def test_sigusr1_requeue_resumes_from_hpc_checkpoint_with_same_step_folder_and_w
     assert (submit / "scontrol.log").read_text().split() == ["requeue", "4242"], out1
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     assert hpc.is_file(), out1
-    saved_step = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
+    saved_step = torch.load(hpc, map_location="cpu", weights_only=True)["global_step"]
     assert saved_step >= 1
 
     # attempt 2: the requeued job (same job id), a few steps past the checkpoint

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from jointdiff.callbacks.logging import run_dir
-from jointdiff.files import atomic_write_json
+from jointdiff.files import atomic_write, atomic_write_json
 from jointdiff.runs import RUN_RECORD, slurm_run_key
 
 
@@ -65,7 +65,7 @@ class WandbResolvedConfig(L.Callback):
         folder = run_dir(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.filename
-        path.write_text(text)
+        atomic_write(path, lambda f: f.write(text), mode="w")
         for logger in loggers:
             run = logger.experiment
             run.config.update(config, allow_val_change=True)

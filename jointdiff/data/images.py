@@ -189,4 +189,4 @@ def cached_decode(
         finally:
             tmp.unlink(missing_ok=True)
         atomic_write_json(key, cache_folder / f"{digest}.json")
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))

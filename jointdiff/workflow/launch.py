@@ -21,7 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from jointdiff.files import atomic_write_json
+from jointdiff.files import atomic_write, atomic_write_json
 from jointdiff.runs import RUN_DIR_ENV, attempt_status, check_one_line
 from jointdiff.workflow.sweeps import fit_args
 
@@ -182,7 +182,7 @@ def write_slurm_array(jobs: list[Job], out: Path, meta: dict, name: str, max_par
             check_one_line(arg, f"{job.name}: the argument")
         lines.append(f"{job.run_dir}\t{shlex.join(prefix + job.argv)}")
     commands = out / "commands.tsv"
-    commands.write_text("\n".join(lines) + "\n")
+    atomic_write(commands, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
     _record(jobs, {}, out / "sweep.json", {**meta, "slurm_commands": str(commands)})
     limit = f"%{max_parallel}" if max_parallel else ""
     sbatch = (f"mkdir -p runs/slurm && sbatch --job-name={shlex.quote(name)} --array=0-{len(jobs) - 1}{limit} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from jointdiff.files import atomic_write
 from jointdiff.runs import attempt_status, read_json
 from jointdiff.workflow import paper_numbers as P
 from jointdiff.workflow.results import (
@@ -366,7 +367,7 @@ def build_report(roots: list[str], output: str) -> tuple[str, list[Path]]:
         section()
     text = "\n".join(rep.lines)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text + "\n")
+    atomic_write(out / "report.md", lambda f: f.write(text + "\n"), mode="w")
     return text, rep.plots
 
 
