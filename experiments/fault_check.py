@@ -305,13 +305,12 @@ class Checker:
         self.record("9  test --ckpt_path <0-byte file>", "one line saying it is empty, exit 2", empty_ckpt)
 
     def trust_boundary(self) -> None:
-        """T1–T7: the trust-boundary review (README, "Files from others"): no input deletes data, runs code or passes a
+        """T1–T7: the trust-boundary review (docs/design.md §14): no input deletes data, runs code or passes a
         diverged run off as a result."""
-        import gzip
 
         import numpy as np
 
-        write_idx = runpy.run_path(str(REPO / "tests" / "fixtures.py"))["write_idx"]
+        fixtures = runpy.run_path(str(REPO / "tests" / "fixtures.py"))  # the tests' dataset writers
         marker = self.work / "code_ran"
 
         class Payload:  # pickles into a call that creates the marker file
@@ -323,12 +322,7 @@ class Checker:
 
         def t1():
             root = self.work / "tv_root"
-            gz = self.work / "tv_gz"
-            write_idx(gz, n_train=20, n_test=10, seed=0)
-            raw = root / "FashionMNIST" / "raw"
-            raw.mkdir(parents=True)
-            for f in gz.glob("*.gz"):
-                (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+            raw = fixtures["write_idx_torchvision_layout"](root, n_train=20, n_test=10, seed=0)
             train = raw / "train-images-idx3-ubyte"
             train.write_bytes(train.read_bytes()[:-100])
             (root / "notes.txt").write_text("notes")

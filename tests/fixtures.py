@@ -50,6 +50,18 @@ def write_idx(folder: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) 
     return out
 
 
+def write_idx_torchvision_layout(root: Path, name: str = "FashionMNIST", **kwargs) -> Path:
+    """The four idx files uncompressed in ``<root>/<name>/raw/``, what torchvision's ``download=True`` leaves behind
+    (``kwargs``: as :func:`write_idx`); returns the ``raw`` folder."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    write_idx(raw, **kwargs)
+    for f in raw.glob("*.gz"):
+        (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+        f.unlink()
+    return raw
+
+
 # USPS ------------------------------------------------------------------------------------------------------------
 def write_usps(folder: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
     """``usps.bz2`` / ``usps.t.bz2``: lines ``<label 1..10> 1:<v> … 256:<v>`` with v in [-1, 1]."""

@@ -4,7 +4,6 @@ a user reaches it by; ``experiments/fault_check.py`` replays the same seven thro
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -88,12 +87,7 @@ def test_a_truncated_idx_file_in_torchvisions_layout_is_one_line_and_deletes_not
 
     monkeypatch.setenv("JOINTDIFF_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "datasets"
-    gz = tmp_path / "gz"
-    fx.write_idx(gz, n_train=20, n_test=10)
-    raw = root / "FashionMNIST" / "raw"  # what torchvision's download=True leaves behind
-    raw.mkdir(parents=True)
-    for f in gz.glob("*.gz"):
-        (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+    raw = fx.write_idx_torchvision_layout(root, n_train=20, n_test=10)
     train = raw / "train-images-idx3-ubyte"
     train.write_bytes(train.read_bytes()[:-100])
     (root / "notes.txt").write_text("my notes")
