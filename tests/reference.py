@@ -1,6 +1,6 @@
 """The authors' implementation of the parts this package computes differently, kept as an executable baseline.
 
-Used by tests (our fused paths must compute the same numbers) and by ``experiments/bench_*.py`` (speed ratios
+Used by tests (our fused paths must compute the same numbers) and by ``experiments/bench/bench_*.py`` (speed ratios
 against the reference at the identical architecture). Nothing here is used in training.
 """
 

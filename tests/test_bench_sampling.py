@@ -1,4 +1,4 @@
-"""The sampling benchmark's code paths (experiments/bench_sampling.py) run: one engine step of every sampler,
+"""The sampling benchmark's code paths (experiments/bench/bench_sampling.py) run: one engine step of every sampler,
 the respaced joint row and the phases of the joint step."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_row_runs(monkeypatch, capsys, one_thread):
-    spec = importlib.util.spec_from_file_location("bench_sampling", REPO / "experiments" / "bench_sampling.py")
+    path = REPO / "experiments" / "bench" / "bench_sampling.py"
+    spec = importlib.util.spec_from_file_location("bench_sampling", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(sys, "argv", ["bench_sampling.py", "--size", "demo", "--batch", "2", "--rounds", "1",

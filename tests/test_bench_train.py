@@ -1,5 +1,5 @@
-"""The training benchmark's code paths (experiments/bench_train.py) run: the bare step of the main job's model, plain
-and with the shared encoder pass, and the ``+L`` row that times the real Trainer loop (``+L+F`` with the
+"""The training benchmark's code paths (experiments/bench/bench_train.py) run: the bare step of the main job's model,
+plain and with the shared encoder pass, and the ``+L`` row that times the real Trainer loop (``+L+F`` with the
 divergence check)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "experiments" / "bench_train.py")
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "experiments" / "bench" / "bench_train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench

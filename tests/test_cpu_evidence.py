@@ -1,5 +1,5 @@
-"""experiments/cpu_evidence.py: α-sweep parts run as separate processes merge into one result, and parts that do not
-belong together are refused."""
+"""experiments/evidence/cpu_evidence.py: α-sweep parts run as separate processes merge into one result, and parts that
+do not belong together are refused."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def evidence(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("cpu_evidence", REPO / "experiments" / "cpu_evidence.py")
+    spec = importlib.util.spec_from_file_location("cpu_evidence", REPO / "experiments" / "evidence" / "cpu_evidence.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "RUNS", tmp_path / "runs")
@@ -76,7 +76,8 @@ def test_semi_runs_only_the_models_asked_for_and_skips_finished_runs(evidence, t
 
     evidence.semi([0, 1], ["100/class"], ["classifier"])
     configs = [cmd[cmd.index("-c") + 1] for cmd in commands]
-    assert configs == ["configs/evidence/semi_classifier.yaml"]  # seed 1 was finished; no DDPM without the probe
+    # seed 1 was finished; no DDPM without the probe
+    assert configs == ["experiments/evidence/configs/semi_classifier.yaml"]
     assert "--data.init_args.labelled_per_class" in commands[0] and commands[0][-1] == "classifier_100perclass_s0"
     result = json.loads(evidence.results_path("semi", "classifier_100/class_s0").read_text())
     assert result["test"]["1000"] == {"acc_ema": 0.5, "acc_raw": 0.4} and result["seed"] == 0
@@ -84,7 +85,7 @@ def test_semi_runs_only_the_models_asked_for_and_skips_finished_runs(evidence, t
     commands.clear()
     evidence.semi([0], ["100/class"], ["probe"])
     configs = [cmd[cmd.index("-c") + 1] for cmd in commands]
-    assert configs == ["configs/evidence/semi_ddpm.yaml", "configs/evidence/semi_probe.yaml"]
+    assert configs == ["experiments/evidence/configs/semi_ddpm.yaml", "experiments/evidence/configs/semi_probe.yaml"]
 
 
 def test_stage2_lr_diagnostic_reads_finished_runs_and_refuses_another_rate(evidence, tmp_path, monkeypatch):

@@ -157,8 +157,9 @@ def test_a_non_positive_stage2_lr_is_refused_before_stage_one(tmp_path, lr):
     driver = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(driver)
     with pytest.raises(ValueError, match="--stage2_lr must be a positive learning rate"):
-        driver.run(str(REPO / "configs" / "evidence" / "da.yaml"), str(tmp_path / "run"), stage2_lr=lr)
+        driver.run(str(REPO / "experiments" / "evidence" / "configs" / "da.yaml"), str(tmp_path / "run"), stage2_lr=lr)
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
     with pytest.raises(SystemExit) as exit_info:  # the command line: one line from argparse
-        driver.main(["--config", str(REPO / "configs" / "evidence" / "da.yaml"), "--stage2_lr", str(lr)])
+        driver.main(["--config", str(REPO / "experiments" / "evidence" / "configs" / "da.yaml"),
+                     "--stage2_lr", str(lr)])
     assert exit_info.value.code == 2

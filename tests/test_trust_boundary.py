@@ -1,6 +1,6 @@
 """The trust boundary (docs/design.md, "Trust boundary"): no input a user hands the package deletes their data, runs
 code, or passes a diverged run off as a result. One block per failure found in review, each through the entry point
-a user reaches it by; ``experiments/fault_check.py`` replays the same seven through the installed command."""
+a user reaches it by; ``experiments/faults/fault_check.py`` replays the same seven through the installed command."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ model's own head is ignored), freeze its UNet encoder and keep it in eval mode f
 clean image with step index 0, exactly the joint model's classifier pass; ``i > 0`` feeds
 ``x_i ~ q(x_i | x0)`` (fresh noise while training, noise seeded by batch index in evaluation) with step index ``i``.
 Probing one checkpoint at several ``i`` is the paper's "features of increasing granularity" study (its Fig. 2b;
-``experiments/probe_granularity.py``).
+``experiments/evidence/probe_granularity.py``).
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ fixed paths. Then prints a markdown table of the numbers.
 Since issue 13 the joint model here is the main job (``quick.yaml``: C=16, 1000 steps), so the three fits are no
 longer at equal architecture and steps; the script is kept for the issue-3 numbers of ``docs/results.md``. The
 equal-footing comparison (same encoder and head, same labelled batches and steps, three seeds) is
-``experiments/cpu_evidence.py --parts semi``.
+``experiments/evidence/cpu_evidence.py --parts semi``.
 
-    JOINTDIFF_DATA_ROOT=/work/shared/data OMP_NUM_THREADS=1 nice -n 10 python experiments/fmnist_comparison_quick.py
+    JOINTDIFF_DATA_ROOT=../shared/data OMP_NUM_THREADS=1 nice -n 10 \
+        python experiments/evidence/fmnist_comparison_quick.py
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Time of the generative metrics at evaluation size (10k vs 10k), with a project classifier as the extractor.
 
     export JOINTDIFF_DATA_ROOT=/work/shared/data
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python experiments/bench_metrics_eval.py \
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python experiments/bench/bench_metrics_eval.py \
         --classifier runs/fashion_mnist/classifier_quick/version_0/checkpoints/last.ckpt --n 10000
 
 Real set: the first ``n`` Fashion-MNIST test images. "Generated" stand-in: ``n_generated`` training images

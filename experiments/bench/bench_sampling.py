@@ -4,8 +4,8 @@ steps and on a respaced grid (η-DDIM, issue 15), and classifier guidance (§5.3
 into its parts (encoder pass with a graph, head, backward to the features, decoder pass) against the unconditional
 step's encoder and decoder passes, to show where its extra cost lies.
 
-    python experiments/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
-    python experiments/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
+    python experiments/bench/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
+    python experiments/bench/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
 
 ``quick``: the UNet and head of configs/fashion_mnist/quick.yaml before issue 13 (C=32, (1,2,2), 1 ResBlock,
 middle attention, T=500, 10 classes) and the EncoderUNet classifier of noise_classifier_quick.yaml. ``paper``:

@@ -1,6 +1,6 @@
 """Fault injection against the installed ``jointdiff`` command: one line per scenario, expected vs observed.
 
-    python experiments/fault_check.py [--work DIR] [--keep]
+    python experiments/faults/fault_check.py [--work DIR] [--keep]
 
 Scenarios (issue 14): a poisoned or replaced data cache (1), a checkpoint that does not fit the configured model
 (2), a kill during a checkpoint save with ``$TMPDIR`` on another filesystem and an unreadable newest HPC checkpoint
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOINTDIFF = Path(sys.executable).parent / "jointdiff"  # the console script installed beside this interpreter
 
 TINY_CONFIG = {

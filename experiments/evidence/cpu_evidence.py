@@ -2,15 +2,15 @@
 the domain-adaptation table and the α sweep with an independent judge, each as a table between markers in
 ``docs/results.md`` and, for the α sweep, a plot in ``docs/figures/``.
 
-    JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts semi,da,alpha
-    JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts respaced   # docs/sampling.md
-    JOINTDIFF_DATA_ROOT=../shared/data python experiments/cpu_evidence.py --parts da_stage2_lr   # a diagnostic
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/cpu_evidence.py --parts semi,da,alpha
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/cpu_evidence.py --parts respaced   # docs/sampling.md
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/cpu_evidence.py --parts da_stage2_lr   # a diagnostic
 
-Every run is a ``jointdiff fit`` of a config under ``configs/evidence/`` (or the domain-adaptation and α-sweep
-scripts); a finished run leaves ``experiments/results/<part>/<run>.json`` (committed: run folders under ``runs/``
-are not, and do not outlive their machine) and is skipped the next time, so the script resumes where it stopped
-and parts can be run on different days. ``--render`` only rewrites the tables from the results present. The
-design of each experiment is fixed in its config and here, before any number is read:
+Every run is a ``jointdiff fit`` of a config under ``experiments/evidence/configs/`` (or the domain-adaptation and
+α-sweep scripts); a finished run leaves ``experiments/evidence/results/<part>/<run>.json`` (committed: run folders
+under ``runs/`` are not, and do not outlive their machine) and is skipped the next time, so the script resumes
+where it stopped and parts can be run on different days. ``--render`` only rewrites the tables from the results present.
+The design of each experiment is fixed in its config and here, before any number is read:
 
 - **semi**: Fashion-MNIST, 54,000 training images (10% held out), labels kept for 1% (540, uniform, seeded) or
   100 per class (1,000); seeds 0, 1, 2 (the seed of the run and of the label draw). Joint model
@@ -20,11 +20,11 @@ design of each experiment is fixed in its config and here, before any number is 
   2 cores), test accuracy of the EMA weights on the full 10k test split at steps 250, 500, 750 and 1000
   (checkpoints; nothing is selected). ``--seeds``, ``--budgets`` and ``--models`` split it between processes.
 - **da**: USPS→MNIST and MNIST→USPS, seeds 0 and 1, stage 1 and stage 2 of ``experiments/domain_adaptation.py``
-  with ``configs/evidence/da.yaml``; target test accuracy before and after, raw and EMA, and the source test
+  with ``experiments/evidence/configs/da.yaml``; target test accuracy before and after, raw and EMA, and the source test
   accuracy of stage 1; beside it the source-only stand-alone classifier (``da_classifier.yaml``, same steps).
 - **da_stage2_lr** (a diagnostic of the da reading): as **da**, seed 0, with stage 2 at lr 1e-4 instead of 1e-3
   (``domain_adaptation.py --stage2_lr``), without the source-only classifier.
-- **alpha**: ``experiments/alpha_sweep_fmnist.py`` on the main job's checkpoint (``--checkpoint``), α in
+- **alpha**: ``experiments/evidence/alpha_sweep_fmnist.py`` on the main job's checkpoint (``--checkpoint``), α in
   {0, 50, 100, 200, 500, 1000} with direction +1 and {200, 1000} with −1, 20 samples per class, x̂0 clamped as in
   the main job's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
   Fréchet distance in its features against 2,000 test images.
@@ -44,9 +44,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNS = Path("runs/evidence")
-RESULTS = REPO / "experiments" / "results"  # one JSON per finished run, committed with the docs they fill
+RESULTS = REPO / "experiments" / "evidence" / "results"
+ALPHA_SWEEP = REPO / "experiments" / "evidence" / "alpha_sweep_fmnist.py"
 RESULTS_MD = REPO / "docs" / "results.md"
 FIGURES = REPO / "docs" / "figures"
 JOINTDIFF = [sys.executable, "-m", "jointdiff.cli"]
@@ -100,7 +101,7 @@ def accuracy_on_test_split(checkpoint: Path, datamodule=None) -> dict[str, float
 def semi(seeds: list[int], budgets: list[str], models: list[str] = SEMI_MODELS) -> None:
     ddpm = RUNS / "semi" / "ddpm" / "checkpoints" / "last.ckpt"
     if "probe" in models and not ddpm.is_file():
-        run([*JOINTDIFF, "fit", "-c", "configs/evidence/semi_ddpm.yaml"])
+        run([*JOINTDIFF, "fit", "-c", "experiments/evidence/configs/semi_ddpm.yaml"])
     for budget in budgets:
         budget_args = SEMI_BUDGETS[budget]
         for seed in seeds:
@@ -110,7 +111,7 @@ def semi(seeds: list[int], budgets: list[str], models: list[str] = SEMI_MODELS) 
                 if out.is_file():
                     continue
                 log_name = slug(name)
-                run([*JOINTDIFF, "fit", "-c", f"configs/evidence/semi_{model}.yaml", *budget_args,
+                run([*JOINTDIFF, "fit", "-c", f"experiments/evidence/configs/semi_{model}.yaml", *budget_args,
                      "--seed_everything", str(seed), "--data.init_args.labelled_seed", str(seed),
                      "--trainer.logger.init_args.name", log_name])
                 ckpts = sorted((RUNS / "semi" / log_name).glob("version_*/checkpoints/step=*.ckpt"))
@@ -163,11 +164,12 @@ def unfinished_da_runs(part: str, seeds: list[int]):
 
 def two_stages(folder: Path, source: str, target: str, seed: int,
                stage2_lr: float | None = None) -> tuple[dict, list[str]]:
-    """Both stages of ``experiments/domain_adaptation.py`` on ``configs/evidence/da.yaml`` (read, not re-run, when
-    ``folder`` already holds their summary); returns the summary and the arguments given to both stages."""
+    """Both stages of ``experiments/domain_adaptation.py`` on ``experiments/evidence/configs/da.yaml`` (read, not
+    re-run, when ``folder`` already holds their summary); returns the summary and the arguments given to both stages."""
     extra = ["--seed_everything", str(seed), "--data.init_args.source", source, "--data.init_args.target", target]
     if not (folder / "domain_adaptation.json").is_file():
-        run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"), "--config", "configs/evidence/da.yaml",
+        run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"),
+             "--config", "experiments/evidence/configs/da.yaml",
              *(["--stage2_lr", str(stage2_lr)] if stage2_lr is not None else []), "--out", str(folder), "--",
              *extra])
     return json.loads((folder / "domain_adaptation.json").read_text()), extra
@@ -178,7 +180,7 @@ def source_only_classifier(folder: Path, source: str, target: str, extra: list[s
     test accuracy (its target accuracy is the baseline the adapted joint model is compared with)."""
     from jointdiff.data import DomainAdaptationDataModule
 
-    run([*JOINTDIFF, "fit", "-c", "configs/evidence/da_classifier.yaml", *extra,
+    run([*JOINTDIFF, "fit", "-c", "experiments/evidence/configs/da_classifier.yaml", *extra,
          "--trainer.logger.init_args.save_dir", str(folder), "--trainer.default_root_dir", str(folder / "classifier")])
     ckpt = max((folder / "classifier").glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     target_data = DomainAdaptationDataModule(source=source, target=target, stage="source", eval_batch_size=500)
@@ -242,7 +244,7 @@ def alpha(checkpoint: str) -> None:
         return
     done = folder / "alpha_sweep_all.json"  # a finished sweep of the same checkpoint is kept
     if not done.is_file() or json.loads(done.read_text())["checkpoint"] != checkpoint:
-        run([sys.executable, str(REPO / "experiments" / "alpha_sweep_fmnist.py"), "--checkpoint", checkpoint,
+        run([sys.executable, str(ALPHA_SWEEP), "--checkpoint", checkpoint,
              "--output", str(folder), "--alphas", *map(str, ALPHAS), "--flip_alphas", *map(str, FLIPPED_ALPHAS),
              "--num_per_class", "20", "--clip_denoised"])
     data = json.loads(done.read_text())
@@ -308,7 +310,7 @@ def respaced(checkpoint: str) -> None:
                 continue
             folder = RUNS / "respaced" / name
             alphas = [a for a in RESPACED_ALPHAS if rule == "same" or a > 0]  # α = 0 is the same for both rules
-            run([sys.executable, str(REPO / "experiments" / "alpha_sweep_fmnist.py"), "--checkpoint", checkpoint,
+            run([sys.executable, str(ALPHA_SWEEP), "--checkpoint", checkpoint,
                  "--output", str(folder), "--alphas", *map(str, alphas), "--num_per_class", "20", "--clip_denoised",
                  "--steps", str(steps), "--respaced_alpha", rule])
             save(out, json.loads((folder / "alpha_sweep_all.json").read_text()))

@@ -1,6 +1,6 @@
 """Fashion-MNIST: does joint conditional sampling raise the class hit rate over unconditional sampling? (Fig. 4)
 
-    JOINTDIFF_DATA_ROOT=../shared/data python experiments/alpha_sweep_fmnist.py \\
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/alpha_sweep_fmnist.py \\
         --checkpoint runs/.../last.ckpt --output runs/alpha_sweep_fmnist --alphas 0 50 200 500 1000 \\
         --num_per_class 20 --flip_alphas 200
 
@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from judge import as_saved, noisy_head_accuracy, refit_head, train_judge
 
 from jointdiff.data import FashionMNISTDataModule
 from jointdiff.sampling.alpha_sweep import run_alpha_sweep, write_sweep
-from jointdiff.sampling.judge import as_saved, noisy_head_accuracy, refit_head, train_judge
 from jointdiff.sampling.loading import load_diffusion_model
 
 

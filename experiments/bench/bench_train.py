@@ -26,10 +26,12 @@ Each (config, implementation) pair runs in its own subprocess so peak memory is 
 CPU: max RSS of the process). Ratios are against ``reference`` measured in the same invocation, and against
 ``ours`` (the plain path).
 
-    python experiments/bench_train.py                                   # FMNIST paper config, batch 16, CPU
-    python experiments/bench_train.py --configs fmnist,cifar,celeba --batch 128 --device cuda
-    python experiments/bench_train.py --configs demo --impls reference,ours,ours-shared --batch 64 --with-lightning
-    python experiments/bench_train.py --configs demo --impls ours --batch 64 --with-lightning --finite-check --steps 20
+    python experiments/bench/bench_train.py                                   # FMNIST paper config, batch 16, CPU
+    python experiments/bench/bench_train.py --configs fmnist,cifar,celeba --batch 128 --device cuda
+    python experiments/bench/bench_train.py --configs demo --impls reference,ours,ours-shared --batch 64 \
+        --with-lightning
+    python experiments/bench/bench_train.py --configs demo --impls ours --batch 64 --with-lightning --finite-check \
+        --steps 20
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 CONFIGS = {
     # name: (image_size, channels, model_channels, classes, T) — the paper's (docs/design.md §4.4, D1)
@@ -52,7 +54,7 @@ CONFIGS = {
     "celeba": (64, 3, 128, 40, 1000),
     "demo": (28, 1, None, 10, None),  # the rest from the main job's config file
 }
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist" / "quick.yaml"
+DEMO_CONFIG = REPO / "configs" / "fashion_mnist" / "quick.yaml"
 IMPLS = ("reference", "ours", "ours-cl", "ours-bf16", "ours-compile", "ours-shared")
 
 

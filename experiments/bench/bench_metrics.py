@@ -1,6 +1,6 @@
 """Peak memory and time of k-NN precision/recall at large N, against torch-fidelity's implementation in the same run.
 
-    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python experiments/bench_metrics.py --n 50000 --dim 64 --chunk 1024
+    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python experiments/bench/bench_metrics.py --n 50000 --dim 64 --chunk 1024
 
 Each implementation runs in a fresh subprocess (so ``ru_maxrss`` is its own peak); the table shows the peak RSS
 above the process's resident size right after the two (N, D) feature sets were created, i.e. the memory the metric

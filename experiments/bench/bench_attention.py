@@ -10,7 +10,7 @@ with ``scaled_dot_product_attention`` fed two ways:
 
 Each also under bf16 autocast. Prints ms per forward+backward and the ratio to the reference.
 
-    python experiments/bench_attention.py --batch 128
+    python experiments/bench/bench_attention.py --batch 128
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 # the authors' attention, kept with the tests as their reference
-legacy_qkv_attention = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tests" / "reference.py"))[
+legacy_qkv_attention = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tests" / "reference.py"))[
     "legacy_qkv_attention"]
 
 

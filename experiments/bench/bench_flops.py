@@ -4,7 +4,7 @@ starts from this table: what a step must compute, where it is spent, and the tim
 of the GPU's peak. Forward and backward of ``JointDiffusion.training_step`` (the diffusion pass and the classifier's
 encoder pass), classifier augmentation off (Kornia's ops are elementwise, no FLOPs counted there either way).
 
-    python experiments/bench_flops.py            # the three paper configurations at their paper batch sizes
+    python experiments/bench/bench_flops.py            # the three paper configurations at their paper batch sizes
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jointdiff.models import JointDiffusion
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {  # name: (dataset fragment of the paper configs, image size, channels, classes, task, paper batch)
     "fmnist": ("fashion_mnist", 28, 1, 10, "multiclass", 128),
     "cifar10": ("cifar10", 32, 3, 10, "multiclass", 256),

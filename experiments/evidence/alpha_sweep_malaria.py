@@ -1,6 +1,6 @@
 """MALARIA counterfactuals (docs/design.md §6, D18) over α: how often does the counterfactual reach the other class?
 
-    JOINTDIFF_DATA_ROOT=../shared/data python experiments/alpha_sweep_malaria.py \\
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/alpha_sweep_malaria.py \\
         --checkpoint runs/malaria/joint_counterfactual_quick/checkpoints/last.ckpt --output runs/cf_sweep_malaria \\
         --alphas 0 200 1000 --num_per_class 32
 
@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+from judge import as_saved, noisy_head_accuracy, refit_head, train_judge
 from torch import nn
 
 from jointdiff.data import MalariaDataModule
 from jointdiff.diffusion.conditional import counterfactual
 from jointdiff.sampling.counterfactual import save_figure
-from jointdiff.sampling.judge import as_saved, noisy_head_accuracy, refit_head, train_judge
 from jointdiff.sampling.loading import load_diffusion_model
 
 CLASSES = ("Uninfected", "Parasitized")
