@@ -11,7 +11,7 @@ from jointdiff.diffusion.conditional import (
     alpha_schedule,
     joint_conditional_denoise,
     joint_conditional_sample,
-    steered_features,
+    steer_features,
 )
 from jointdiff.nn.joint import JointNetwork
 from jointdiff.nn.unet import UNet
@@ -34,6 +34,13 @@ def tiny_joint(num_outputs: int | None = N_CLASSES, seed: int = 0) -> JointNetwo
                 m.running_mean[-1] = 5.0  # the step-index feature
                 m.running_var[-1] = 30.0
     return net.eval()
+
+
+def steered_features(net, x, t, y, alpha, direction=1, task="multiclass"):
+    """One encoder pass and :func:`steer_features` on its outputs (step size d·α)."""
+    with torch.enable_grad():
+        middle, skips = net.encode(x.detach().requires_grad_(True), t)
+    return steer_features(net, middle, skips, t, y, direction * alpha, task)
 
 
 def tiny_joint64() -> JointNetwork:

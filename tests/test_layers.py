@@ -1,6 +1,6 @@
-"""The import graph keeps its layers: no cycle between the package's top-level parts, the command layer and the
-console script are imported by nobody, the math knows no Lightning, data and metrics know no model, and the leaf
-modules (atomic files, image ranges) import nothing of the package."""
+"""The import graph keeps its layers: no cycle between the package's top-level parts or between any two of its
+modules, the command layer and the console script are imported by nobody, the math knows no Lightning, data and
+metrics know no model, and the leaf modules (atomic files, image ranges) import nothing of the package."""
 
 from __future__ import annotations
 
@@ -85,6 +85,42 @@ def test_no_import_cycle_between_top_level_parts():
     graph = package_graph()
     assert {"data", "models", "metrics", "nn", "diffusion", "sampling", "callbacks", "workflow"} <= set(graph)
     assert find_cycle(graph) is None, f"import cycle: {' → '.join(find_cycle(graph))}"
+
+
+def module_graph(root: Path, package: str = "jointdiff") -> dict[str, set[str]]:
+    """Module → the package's modules it imports (``from a.b import name`` counts as ``a.b``, or ``a.b.name`` when
+    that is a module), for every ``.py`` under ``root / package``."""
+    modules = {}
+    for path in sorted((root / package).rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        modules[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for m in imports(path):
+            while m and m not in modules:
+                m = m.rpartition(".")[0]
+            if m and m != name:
+                targets.add(m)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycle_between_any_two_modules():
+    graph = module_graph(REPO)
+    assert "jointdiff.sampling.generate" in graph and "jointdiff.sampling.distributed" in graph
+    assert find_cycle(graph) is None, f"import cycle: {' → '.join(find_cycle(graph))}"
+
+
+def test_the_module_graph_shows_a_cycle_built_on_purpose(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "a.py").write_text("from pkg.sub.b import helper\n")
+    (pkg / "sub" / "b.py").write_text("def helper():\n    from pkg.sub import a  # a function-level import counts\n")
+    cycle = find_cycle(module_graph(tmp_path, "pkg"))
+    assert cycle is not None and set(cycle) == {"pkg.sub.a", "pkg.sub.b"}
 
 
 def test_the_cycle_finder_finds_cycles():

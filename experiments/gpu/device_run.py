@@ -208,7 +208,7 @@ def part_throughput(args, device, result: dict, cap: Budget) -> None:
 def part_sampling(args, device, result: dict, cap: Budget) -> None:
     import torch
 
-    from jointdiff.diffusion.conditional import steered_features
+    from jointdiff.diffusion.conditional import steer_features
     from jointdiff.diffusion.ddim import ddim_sample
     from jointdiff.diffusion.guidance import guidance_gradient
     from jointdiff.models import JointDiffusion
@@ -243,7 +243,9 @@ def part_sampling(args, device, result: dict, cap: Budget) -> None:
         return ddim_sample(net, diffusion, x, t[:1])
 
     def joint():
-        middle, skips, _ = steered_features(net, x, t, y, 200.0)
+        with torch.enable_grad():
+            middle, skips = net.encode(x.requires_grad_(True), t)
+        middle, skips, _ = steer_features(net, middle, skips, t, y, 200.0)
         with torch.no_grad():
             return diffusion.p_sample_step(x, t, net.unet.decode(middle, skips, t), noise)
 

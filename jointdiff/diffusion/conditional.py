@@ -81,23 +81,6 @@ def steer_features(
     return middle, skips, logits.detach()
 
 
-def steered_features(
-    network: JointNetwork,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    targets: torch.Tensor,
-    alpha: float,
-    direction: int = 1,
-    task: str = "multiclass",
-) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """One encoder pass and one backward pass: ``(m + d·α·∂ℓ/∂m, [e_k + d·α·∂ℓ/∂e_k], logits)``, all detached.
-    x_t: (B, c, H, W) at step t (B,)."""
-    with torch.enable_grad():
-        # x needs a graph only so that the encoder's outputs have one when the weights are frozen (EMA copies)
-        middle, skips = network.encode(x_t.detach().requires_grad_(True), t)
-        return steer_features(network, middle, skips, t, targets, direction * alpha, task)
-
-
 RespacedAlpha = Literal["same", "stride"]
 
 

@@ -16,9 +16,8 @@ from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import RespacedAlpha
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid
-from jointdiff.sampling.distributed import sharded_generate
 from jointdiff.sampling.files import write_samples
-from jointdiff.sampling.generate import check_sampler_args
+from jointdiff.sampling.generate import check_sampler_args, sharded_generate
 from jointdiff.sampling.loading import load_on_processes, pick_network
 from jointdiff.tasks import check_targets, hits
 

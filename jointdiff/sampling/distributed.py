@@ -32,23 +32,3 @@ def shard(total: int, rank: int, world: int) -> range:
     shorter or empty)."""
     per = math.ceil(total / world)
     return range(min(total, rank * per), min(total, (rank + 1) * per))
-
-
-def sharded_generate(fabric, model, sampler: str, total: int, targets: torch.Tensor | None, *, seed: int,
-                     **kwargs) -> torch.Tensor:
-    """``generate`` of ``total`` samples (one per row of ``targets`` when given), split over the processes of
-    ``fabric`` (None: this process draws them all). Every process returns all samples, (total, c, H, W), on CPU."""
-    from jointdiff.sampling.generate import generate
-
-    if fabric is None:
-        return generate(model, sampler, total, targets=targets, seed=seed, **kwargs).cpu()
-    mine = shard(total, fabric.global_rank, fabric.world_size)
-    hp = model.hparams
-    per = math.ceil(total / fabric.world_size)
-    block = torch.zeros(per, hp.channels, hp.image_size, hp.image_size, device=fabric.device)
-    if len(mine):
-        part_targets = None if targets is None else targets[mine.start:mine.stop]
-        block[: len(mine)] = generate(model, sampler, len(mine), targets=part_targets, seed=seed,
-                                      first_index=mine.start, **kwargs)
-    gathered = fabric.all_gather(block)  # (world, per, c, H, W)
-    return gathered.reshape(-1, *block.shape[1:])[:total].cpu()

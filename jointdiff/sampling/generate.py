@@ -4,6 +4,7 @@ generation across classes with per-sample seeds (:func:`generate`) and the whole
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,14 +13,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from jointdiff.diffusion.conditional import Alpha, RespacedAlpha, joint_conditional_sample, steered_features
+from jointdiff.diffusion.conditional import Alpha, RespacedAlpha, joint_conditional_sample, steer_features
 from jointdiff.diffusion.ddim import ddim_sample, respaced_timesteps
 from jointdiff.diffusion.engine import PerSampleNoise, initial_noise
 from jointdiff.diffusion.guidance import classifier_guided_sample, guidance_gradient
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid
-from jointdiff.sampling.distributed import sharded_generate
+from jointdiff.sampling.distributed import shard
 from jointdiff.sampling.files import write_samples
 from jointdiff.sampling.loading import (
     Weights,
@@ -101,7 +102,9 @@ def one_reverse_step(
         t = torch.full((b,), model.diffusion.num_steps - 1, device=device, dtype=torch.long)
         y = None if target is None else target.to(device).expand(b, *target.shape)
         if sampler == "joint":
-            middle, skips, _ = steered_features(net, x, t, y, 1.0, 1, hp.task)
+            with torch.enable_grad():  # x needs a graph so that the encoder's outputs have one (frozen weights)
+                middle, skips = net.encode(x.requires_grad_(True), t)
+            middle, skips, _ = steer_features(net, middle, skips, t, y, 1.0, hp.task)
             with torch.no_grad():
                 net.unet.decode(middle, skips, t)
             return
@@ -201,6 +204,25 @@ def generate(
             raise ValueError(f"unknown sampler {sampler!r}; choose ddpm, ddim, joint or guidance")
         out.append(x)
     return torch.cat(out)
+
+
+
+def sharded_generate(fabric, model, sampler: str, total: int, targets: torch.Tensor | None, *, seed: int,
+                     **kwargs) -> torch.Tensor:
+    """``generate`` of ``total`` samples (one per row of ``targets`` when given), split over the processes of
+    ``fabric`` (None: this process draws them all). Every process returns all samples, (total, c, H, W), on CPU."""
+    if fabric is None:
+        return generate(model, sampler, total, targets=targets, seed=seed, **kwargs).cpu()
+    mine = shard(total, fabric.global_rank, fabric.world_size)
+    hp = model.hparams
+    per = math.ceil(total / fabric.world_size)
+    block = torch.zeros(per, hp.channels, hp.image_size, hp.image_size, device=fabric.device)
+    if len(mine):
+        part_targets = None if targets is None else targets[mine.start:mine.stop]
+        block[: len(mine)] = generate(model, sampler, len(mine), targets=part_targets, seed=seed,
+                                      first_index=mine.start, **kwargs)
+    gathered = fabric.all_gather(block)  # (world, per, c, H, W)
+    return gathered.reshape(-1, *block.shape[1:])[:total].cpu()
 
 
 def check_sampler_args(model, sampler: Sampler, *, alpha: Alpha, scale: float, steps: int | None, eta: float,
