@@ -1,10 +1,10 @@
 """Training stops at the first non-finite loss, and no checkpoint is ever written from non-finite weights.
 
 A diverged run (a too-large learning rate, a bad batch) otherwise trains on NaN to the end, writes a checkpoint of
-NaN weights and reports its test accuracy as a result. :class:`StopOnNonFinite` keeps a flag *on the device*: each
-step adds ``~isfinite(loss)`` to it and remembers the first bad step and its logged loss terms, with no host sync.
-The flag is read (one sync) every ``check_every_n_steps`` steps, before every checkpoint is written, and at the
-end of fitting; a set flag raises :class:`NonFiniteLossError`, one line naming the step and the loss terms. The
+NaN weights and reports its test accuracy as a result. :class:`StopOnNonFinite` keeps each step's loss and logged
+loss terms *on the device* (no host sync per step) and reads whether any was non-finite (one sync) every
+``check_every_n_steps`` steps, before every checkpoint is written, and at the end of fitting; a bad value raises
+:class:`NonFiniteLossError`, one line naming the step and the loss terms. The
 ``jointdiff`` CLI adds this callback to every ``fit``; in Python pass ``Trainer(callbacks=[StopOnNonFinite()])``.
 """
 
@@ -28,8 +28,9 @@ class StopOnNonFinite(L.Callback):
         if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self._bad: torch.Tensor | None = None  # number of non-finite losses so far (device)
-        self._first: dict[str, torch.Tensor] = {}  # step and loss terms of the first one (device)
+        # the steps since the last read: (global step, host int; loss terms, device tensors): nothing is copied
+        # between host and device per step, which on a GPU would be a sync
+        self._window: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     def _every(self, pl_module: L.LightningModule) -> int:
         if self.check_every_n_steps is not None:
@@ -40,34 +41,31 @@ class StopOnNonFinite(L.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        bad = ~torch.isfinite(loss.detach()).all()
-        if self._bad is None:
-            self._bad = torch.zeros((), dtype=torch.long, device=loss.device)
-        is_first = bad & (self._bad == 0)
-        terms = {"step": torch.tensor(trainer.global_step, device=loss.device), "loss": loss.detach().float()}
-        terms.update({k: v.detach().float().to(loss.device) for k, v in trainer.callback_metrics.items()
-                      if k.startswith("train/") and "loss" in k and isinstance(v, torch.Tensor) and v.numel() == 1})
-        for key, value in terms.items():
-            old = self._first.get(key, torch.zeros_like(value))
-            self._first[key] = torch.where(is_first, value, old)
-        self._bad = self._bad + bad.long()
+        terms = {"loss": loss.detach().clone()}
+        terms.update({k: v.detach().clone() for k, v in trainer.callback_metrics.items()
+                      if k.startswith("train/") and "loss" in k and isinstance(v, torch.Tensor) and v.numel() == 1
+                      and v.device == loss.device})
+        self._window.append((trainer.global_step, terms))
         if trainer.global_step % self._every(pl_module) == 0:
             self.check(trainer)
 
     def check(self, trainer: L.Trainer) -> None:
-        """Raise :class:`NonFiniteLossError` if any step so far had a non-finite loss (one host sync)."""
-        if self._bad is None:
+        """Raise :class:`NonFiniteLossError` if a step since the last check had a non-finite loss (one host sync)."""
+        if not self._window:
             return
-        bad = self._bad
+        flags = torch.stack([~torch.isfinite(terms["loss"]).all() for _, terms in self._window])
+        bad = flags.any().long()
         if trainer.world_size > 1:  # every rank stops together
-            bad = trainer.strategy.reduce(bad.clone(), reduce_op="sum")
+            bad = trainer.strategy.reduce(bad, reduce_op="sum")
         if int(bad) == 0:
+            self._window.clear()
             return
-        first = {k: float(v) for k, v in self._first.items()}
-        step = int(first.pop("step", -1))
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in first.items())
+        shown, step = "on another rank", "?"
+        if bool(flags.any()):
+            step, terms = self._window[int(flags.long().argmax())]
+            shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         raise NonFiniteLossError(
-            f"training diverged: non-finite loss at step {step} ({shown or 'on another rank'}); stopped at step "
+            f"training diverged: non-finite loss at step {step} ({shown}); stopped at step "
             f"{trainer.global_step}, no checkpoint written from non-finite weights: lower the learning rate or "
             "resume from the last good checkpoint"
         )
