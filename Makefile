@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/jointdiff fit --config configs/fashion_mnist/quick.yaml
+	$(BIN)/jointdiff fit --config configs/demo.yaml
 
 test: install
 	$(BIN)/pytest -q

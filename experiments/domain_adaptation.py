@@ -9,8 +9,11 @@ config's learning rate unless ``--stage2_lr`` says otherwise (a fresh optimiser 
 weights).
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/domain_adaptation.py \\
-        --config configs/domain_adaptation/usps_mnist.yaml --out runs/domain_adaptation/usps_mnist \\
-        [--stage2_steps N] [--stage2_lr LR] [-- <extra jointdiff fit arguments for both stages>]
+        --config configs/base/default.yaml --out runs/paper/table6/usps_mnist/joint \\
+        [--stage2_steps N] [--stage2_lr LR] \\
+        -- -c configs/paper/data/da_usps_mnist.yaml -c configs/paper/models/joint.yaml [<more jointdiff fit arguments>]
+
+(``jointdiff paper --tables "[6]"`` prints this for every pair.)
 
 Writes ``<out>/domain_adaptation.json`` and prints a table. The config must save a last checkpoint
 (``ModelCheckpoint(save_last=True)``) and use a logger that takes ``save_dir`` and ``name`` (CSV, W&B,
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="configs/domain_adaptation/<pair>.yaml")
+    parser.add_argument("--config", required=True,
+                        help="first config (the paper's runs: configs/base/default.yaml, the rest after --)")
     parser.add_argument("--out", default=None, help="run folder (default runs/domain_adaptation/<config name>)")
     parser.add_argument("--stage2_steps", type=int, default=None, help="stage-2 steps (default: as stage 1, D15)")
     parser.add_argument("--stage2_lr", type=float, default=None, help="stage-2 learning rate (default: the config's)")

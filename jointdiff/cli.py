@@ -1,8 +1,9 @@
 """``jointdiff`` command line: LightningCLI over every model and DataModule of the package.
 
-    jointdiff fit  --config configs/fashion_mnist/quick.yaml
-    jointdiff test --config configs/fashion_mnist/quick.yaml --ckpt_path runs/.../last.ckpt
-    jointdiff fit  --config configs/fashion_mnist/joint.yaml --print_config
+    jointdiff fit  --config configs/demo.yaml
+    jointdiff test --config configs/demo.yaml --ckpt_path runs/.../last.ckpt
+    jointdiff fit  -c configs/base/default.yaml -c configs/paper/data/fashion_mnist.yaml \\
+                   -c configs/paper/models/joint.yaml --print_config
 
 Data-shape arguments (``image_size``, ``channels``, ``num_classes``, ``task``) are linked from the DataModule into
 the model, so a config never states them twice. Unknown config keys are rejected by jsonargparse before anything

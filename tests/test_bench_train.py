@@ -1,4 +1,4 @@
-"""The training benchmark's code paths (experiments/bench/bench_train.py) run: the bare step of the main job's model,
+"""The training benchmark's code paths (experiments/bench/bench_train.py) run: the bare step of the demo's model,
 plain and with the shared encoder pass, and the ``+L`` row that times the real Trainer loop (``+L+F`` with the
 divergence check)."""
 
@@ -21,10 +21,10 @@ def _bench():
 
 def test_demo_config_is_the_main_jobs_model_and_its_plain_path_does_not_share():
     bench = _bench()
-    quick = yaml.safe_load((REPO / "configs" / "fashion_mnist" / "quick.yaml").read_text())["model"]["init_args"]
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["model"]["init_args"]
     plain, shared = bench.model_args("demo", "ours"), bench.model_args("demo", "ours-shared")
     for key in ("model_channels", "classifier_weight", "noisy_classifier", "diffusion_steps", "dropout"):
-        assert plain[key] == shared[key] == quick[key], key
+        assert plain[key] == shared[key] == demo[key], key
     assert plain["share_encoder_pass"] is False and shared["share_encoder_pass"] is True
 
 

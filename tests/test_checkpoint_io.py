@@ -1,5 +1,5 @@
 """Checkpoint writes survive a kill at any moment, wherever $TMPDIR is; SLURM auto-resume survives an unreadable
-newest HPC checkpoint; old HPC checkpoints are pruned (issue 14, item 5)."""
+newest HPC checkpoint; old HPC checkpoints are pruned."""
 
 from __future__ import annotations
 

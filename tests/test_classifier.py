@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from quadrant_data import QuadrantData
+from conftest import QuadrantData
 
 from jointdiff.models import StandaloneClassifier
 from jointdiff.models.checkpoints import load_model

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from quadrant_data import QuadrantData
+from conftest import QuadrantData
 
 from jointdiff.diffusion import GaussianDiffusion
 from jointdiff.diffusion.guidance import guidance_gradient

@@ -8,43 +8,16 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL
+from conftest import DEMO_CONFIG, TINY_MODEL, tiny_overrides
 
 from jointdiff.cli import main
 from jointdiff.data import DatasetNotFoundError, FashionMNISTDataModule
 from jointdiff.models import JointDiffusion
 from jointdiff.models.checkpoints import load_model
 
-QUICK = "configs/fashion_mnist/quick.yaml"
-
-
-def tiny_overrides(tmp_path: Path, **model) -> Path:
-    """A config layered on quick.yaml that shrinks everything to seconds on CPU."""
-    cfg = {
-        "trainer": {
-            "max_steps": 3,
-            "val_check_interval": 3,
-            "limit_val_batches": 2,
-            "limit_test_batches": 2,
-            "enable_progress_bar": False,
-            "default_root_dir": str(tmp_path),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
-                {"class_path": "jointdiff.callbacks.SampleGrid", "init_args": {"num_samples": 4}},
-                {"class_path": "jointdiff.callbacks.MetricsJSON"},
-            ],
-        },
-        "model": {"init_args": {**TINY_MODEL, **model}},
-        "data": {"init_args": {"batch_size": 8, "eval_batch_size": 32}},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
 
 def test_fit_then_test_from_config_writes_checkpoint_metrics_and_grid(data_root, tmp_path, capsys):
-    main(["fit", "-c", QUICK, "-c", str(tiny_overrides(tmp_path))])
+    main(["fit", "-c", DEMO_CONFIG, "-c", str(tiny_overrides(tmp_path))])
     out = capsys.readouterr().out
     assert "jointdiff test summary" in out
     metrics_file = next(tmp_path.rglob("metrics.json"))
@@ -63,12 +36,17 @@ def test_main_job_writes_a_class_conditional_grid_drawn_with_the_joint_sampler(d
                                            "init_args": {"per_class": 2, "alpha": 50.0, "seed": 5,
                                                          "clip_denoised": True}})
     overrides.write_text(yaml.safe_dump(cfg))
-    main(["fit", "-c", QUICK, "-c", str(overrides)])
+    main(["fit", "-c", DEMO_CONFIG, "-c", str(overrides)])
     out = capsys.readouterr().out
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     grid = Path(metrics["conditional_grid"])
     assert grid.name == "conditional_step_0000003.png" and grid != Path(metrics["sample_grid"])
-    assert f"class grid     {grid}  (x̂0 clamped to [-1, 1] while sampling)" in out
+    assert f"class grid     {grid}  (joint sampler (α = 50), ancestral, all 50 steps; x̂0 clamped to [-1, 1])" in out
+    split = metrics["test"]["seconds"]  # the wall time split into its parts, each measured on its own
+    assert split["grids"] > 0 and split["validation"] > 0 and split["test"] > 0 and split["training"] > 0
+    assert split["training"] + split["validation"] + split["grids"] + split["test"] <= split["total"] + 0.5
+    assert split["training_steps_per_s"] == pytest.approx(3 / split["training"], rel=0.05)
+    assert f"training {split['training']:.0f} s ({split['training_steps_per_s']:.2f} steps/s)" in out
     assert f"sample grid    {metrics['sample_grid']}" in out and metrics["conditional_grid_clip_denoised"] is True
     assert "wall time (s)" in out and "checkpoints/last.ckpt" in out
     assert metrics["test"]["wall_time_s"] >= metrics["fit"]["wall_time_s"] > 0
@@ -95,12 +73,13 @@ def test_class_conditional_grid_rejects_a_model_without_head(data_root, tmp_path
     cfg["trainer"]["callbacks"].append({"class_path": "jointdiff.callbacks.ClassConditionalGrid"})
     overrides.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="ClassConditionalGrid needs a multi-class model with a classifier head"):
-        main(["fit", "-c", QUICK, "-c", str(overrides)])
+        main(["fit", "-c", DEMO_CONFIG, "-c", str(overrides)])
 
 
 def test_print_config_shows_resolved_values(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "-c", "configs/fashion_mnist/joint.yaml", "--print_config"])
+        main(["fit", "-c", "configs/base/default.yaml", "-c", "configs/paper/data/fashion_mnist.yaml",
+              "-c", "configs/paper/models/joint.yaml", "--print_config"])
     assert exit_.value.code in (0, None)
     cfg = yaml.safe_load(capsys.readouterr().out)
     args = cfg["model"]["init_args"]
@@ -111,7 +90,7 @@ def test_print_config_shows_resolved_values(capsys):
 
 def test_unknown_config_key_is_rejected_before_training(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "-c", QUICK, "--model.init_args.classifer_weight", "0.1"])
+        main(["fit", "-c", DEMO_CONFIG, "--model.init_args.classifer_weight", "0.1"])
     assert exit_.value.code != 0
     assert "classifer_weight" in capsys.readouterr().err
 
@@ -119,7 +98,7 @@ def test_unknown_config_key_is_rejected_before_training(capsys):
 def test_ambiguous_linear_schedule_name_is_rejected_before_training(capsys):
     # "linear" meant Ho et al.'s schedule before 2026-12-02; a config must now say which linear schedule it means
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "-c", QUICK, "--model.init_args.beta_schedule", "linear"])
+        main(["fit", "-c", DEMO_CONFIG, "--model.init_args.beta_schedule", "linear"])
     assert exit_.value.code != 0
     err = capsys.readouterr().err
     assert "beta_schedule" in err and "reference_linear" in err

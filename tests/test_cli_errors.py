@@ -1,4 +1,4 @@
-"""Errors a person can read (issue 14, items 2, 3, 4, 9, 10): one line, before any data is read, non-zero exit; a
+"""Errors a person can read: one line, before any data is read, non-zero exit; a
 checkpoint that does not fit the configured model is refused naming both values; a linked key set by hand is
 refused; `test --ckpt_path X` records X and its step."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import QUICK, tiny_overrides
+from conftest import DEMO_CONFIG, tiny_overrides
 
 from jointdiff.cli import console, main
 from jointdiff.data import FashionMNISTDataModule
@@ -48,7 +48,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("arg", "message"), BAD_VALUES, ids=[a.split("=")[0].split(".")[-1] for a, _ in BAD_VALUES])
 def test_bad_value_is_one_line_before_any_data_is_read(arg, message, tmp_path, capsys, no_data_reads):
-    line = _one_line_error(capsys, ["fit", "-c", QUICK, arg, f"--trainer.default_root_dir={tmp_path}",
+    line = _one_line_error(capsys, ["fit", "-c", DEMO_CONFIG, arg, f"--trainer.default_root_dir={tmp_path}",
                                     f"--trainer.logger.init_args.save_dir={tmp_path}"])
     import re
 
@@ -59,21 +59,21 @@ def test_bad_value_is_one_line_before_any_data_is_read(arg, message, tmp_path, c
 def test_debug_variable_shows_the_traceback_instead(monkeypatch):
     monkeypatch.setenv("JOINTDIFF_DEBUG", "1")
     with pytest.raises(ValueError, match="Does not validate"):  # jsonargparse's wrapper, with the original inside
-        console(["fit", "-c", QUICK, "--model.init_args.lr=-1"])
+        console(["fit", "-c", DEMO_CONFIG, "--model.init_args.lr=-1"])
 
 
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory, data_root) -> Path:
-    """A 3-step checkpoint of the tiny quick model on 28-px Fashion-MNIST."""
+    """A 3-step checkpoint of the tiny CPU model on 28-px Fashion-MNIST."""
     folder = tmp_path_factory.mktemp("trained")
-    main(["fit", "-c", QUICK, "-c", str(tiny_overrides(folder)), "--test_after_fit=false"])
+    main(["fit", "-c", DEMO_CONFIG, "-c", str(tiny_overrides(folder)), "--test_after_fit=false"])
     return next(folder.rglob("last.ckpt"))
 
 
 def test_empty_checkpoint_is_one_line(tmp_path, capsys, no_data_reads):
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
-    line = _one_line_error(capsys, ["test", "-c", QUICK, "-c", str(tiny_overrides(tmp_path)),
+    line = _one_line_error(capsys, ["test", "-c", DEMO_CONFIG, "-c", str(tiny_overrides(tmp_path)),
                                     f"--ckpt_path={empty}"])
     assert str(empty) in line and "0 bytes" in line
 
@@ -81,14 +81,15 @@ def test_empty_checkpoint_is_one_line(tmp_path, capsys, no_data_reads):
 def test_truncated_checkpoint_is_one_line(tmp_path, capsys, no_data_reads, trained_checkpoint):
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(trained_checkpoint.read_bytes()[:5000])
-    line = _one_line_error(capsys, ["test", "-c", QUICK, "-c", str(tiny_overrides(tmp_path)), f"--ckpt_path={cut}"])
+    line = _one_line_error(capsys, ["test", "-c", DEMO_CONFIG, "-c", str(tiny_overrides(tmp_path)),
+                                    f"--ckpt_path={cut}"])
     assert str(cut) in line and "truncated" in line
 
 
 @pytest.mark.parametrize("sub", ["test", "validate", "fit"])
 def test_checkpoint_of_another_image_size_is_refused_naming_both(sub, tmp_path, capsys, no_data_reads,
                                                                   trained_checkpoint):
-    line = _one_line_error(capsys, [sub, "-c", QUICK, "-c", str(tiny_overrides(tmp_path)),
+    line = _one_line_error(capsys, [sub, "-c", DEMO_CONFIG, "-c", str(tiny_overrides(tmp_path)),
                                     "--data.init_args.image_size=32", f"--ckpt_path={trained_checkpoint}"])
     assert "image_size: checkpoint 28, this run 32" in line
 
@@ -98,12 +99,12 @@ def test_with_ckpt_path_the_model_is_built_as_the_checkpoint_was_trained_and_the
     # LightningCLI takes the model's class and arguments from --ckpt_path's hyper-parameters; a setting that differs
     # from the config is not silently replaced: the CLI warns, naming both values
     with pytest.warns(UserWarning, match=r"built as the checkpoint was trained.*model_channels 32 → 16"):
-        main(["test", "-c", QUICK, "-c", str(tiny_overrides(tmp_path)), "--model.init_args.model_channels=32",
+        main(["test", "-c", DEMO_CONFIG, "-c", str(tiny_overrides(tmp_path)), "--model.init_args.model_channels=32",
               f"--ckpt_path={trained_checkpoint}"])
 
 
 def test_checkpoint_of_another_model_class_is_refused(tmp_path, capsys, no_data_reads, trained_checkpoint):
-    line = _one_line_error(capsys, ["test", "-c", "configs/fashion_mnist/classifier_quick.yaml",
+    line = _one_line_error(capsys, ["test", "-c", "experiments/evidence/configs/fmnist_classifier.yaml",
                                     f"--ckpt_path={trained_checkpoint}", f"--trainer.default_root_dir={tmp_path}"])
     assert "holds a JointDiffusion but this run builds a StandaloneClassifier" in line
 
@@ -125,7 +126,7 @@ def test_checkpoint_fit_check_names_architecture_and_class(trained_checkpoint):
 
 
 def test_test_with_ckpt_path_records_that_checkpoint_and_its_step(tmp_path, trained_checkpoint):
-    main(["test", "-c", QUICK, "-c", str(tiny_overrides(tmp_path)), f"--ckpt_path={trained_checkpoint}"])
+    main(["test", "-c", DEMO_CONFIG, "-c", str(tiny_overrides(tmp_path)), f"--ckpt_path={trained_checkpoint}"])
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert metrics["test"]["global_step"] == torch.load(trained_checkpoint, weights_only=True)["global_step"] == 3
     assert metrics["checkpoint"] == metrics["test"]["checkpoint"] == str(trained_checkpoint)
@@ -134,4 +135,4 @@ def test_test_with_ckpt_path_records_that_checkpoint_and_its_step(tmp_path, trai
 def test_limit_batches_of_one_warns_that_it_means_all(tmp_path, no_data_reads):
     with pytest.warns(UserWarning, match="limit_val_batches=1 is read as 1.0, i.e. ALL batches"):
         with pytest.raises(SystemExit):
-            console(["fit", "-c", QUICK, "--trainer.limit_val_batches=1", "--model.init_args.lr=-1"])
+            console(["fit", "-c", DEMO_CONFIG, "--trainer.limit_val_batches=1", "--model.init_args.lr=-1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_joint, tiny_joint64
 
 from jointdiff.diffusion import GaussianDiffusion, ddpm_sample
 from jointdiff.diffusion.conditional import (
@@ -14,26 +15,7 @@ from jointdiff.diffusion.conditional import (
     steer_features,
 )
 from jointdiff.nn.joint import JointNetwork
-from jointdiff.nn.unet import UNet
 from jointdiff.tasks import classification_loss
-
-N_CLASSES = 3
-
-
-def tiny_joint(num_outputs: int | None = N_CLASSES, seed: int = 0) -> JointNetwork:
-    """A tiny joint network with non-trivial weights everywhere (the UNet's output conv is zero-initialised and
-    fresh BatchNorm statistics are the identity; both would hide mistakes)."""
-    torch.manual_seed(seed)
-    net = JointNetwork(UNet(8, 1, 16, (1, 2), 1, [], 2, 0.0, 8), num_outputs, head_dropout=0.5)
-    torch.nn.init.normal_(net.unet.out[-1].weight, std=0.05)
-    if net.head is not None:
-        for m in net.head.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.normal_(0, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.running_mean[-1] = 5.0  # the step-index feature
-                m.running_var[-1] = 30.0
-    return net.eval()
 
 
 def steered_features(net, x, t, y, alpha, direction=1, task="multiclass"):
@@ -41,13 +23,6 @@ def steered_features(net, x, t, y, alpha, direction=1, task="multiclass"):
     with torch.enable_grad():
         middle, skips = net.encode(x.detach().requires_grad_(True), t)
     return steer_features(net, middle, skips, t, y, direction * alpha, task)
-
-
-def tiny_joint64() -> JointNetwork:
-    net = tiny_joint().double()
-    # the sinusoidal step embedding is float32 by design; feed the float64 copy's time MLP in its own dtype
-    net.unet.time_embed.register_forward_pre_hook(lambda mod, args: (args[0].double(),))
-    return net
 
 
 def tap_modules(net: JointNetwork) -> list[torch.nn.Module]:
@@ -202,7 +177,7 @@ def test_reference_direction_raises_and_flipped_direction_lowers_an_external_hit
     asserted and 4× the standard deviation of a difference of two hit rates of 256 samples (≈ 0.035). At 150
     steps and α = 10 (this test's earlier design) seed 2 did not steer at all (.230 .238 .232)."""
     import lightning as L
-    from quadrant_data import QuadrantData, quiet_trainer
+    from conftest import QuadrantData, quiet_trainer
 
     from jointdiff.models import JointDiffusion
 

@@ -1,5 +1,6 @@
 """The CPU smoke variants of the paper runs instantiate (see test_configs.py for the scheme) with a small model
-(``configs/base/tiny_unet.yaml``) and the CPU budget; and every YAML under configs/ is in a tested composition.
+(``configs/base/tiny_unet.yaml``) and the CPU budget; and every YAML under configs/ and experiments/evidence/configs/
+is in a tested composition.
 
 The smoke overlays act per model class and per DataModule, so the runs built here are the fewest that put every
 method and every fragment under the overlays at least once (``QUICK_RUNS``)."""
@@ -7,7 +8,16 @@ method and every fragment under the overlays at least once (``QUICK_RUNS``)."""
 from __future__ import annotations
 
 import pytest
-from test_configs import CONFIGS, PAPER_RUNS, REPO, STANDALONE, build, no_data, tiny_ddpm  # noqa: F401
+from test_configs import (  # noqa: F401
+    CONFIGS,
+    EVIDENCE_CONFIGS,
+    PAPER_RUNS,
+    REPO,
+    STANDALONE,
+    build,
+    no_data,
+    tiny_ddpm,
+)
 
 from jointdiff.workflow import paper
 
@@ -44,12 +54,14 @@ def test_quick_variant_instantiates_small_on_cpu(run, tiny_ddpm):  # noqa: F811
 
 
 def test_every_yaml_is_in_a_tested_composition():
-    """Static: the union of the files the tests above and test_configs.py compose covers configs/ entirely."""
+    """Static: the union of the files the tests above and test_configs.py compose covers configs/ and the evidence
+    configs entirely."""
     used = {p.resolve() for p in STANDALONE}
     for run in PAPER_RUNS:
         used.update((REPO / f).resolve() for f in run.config_files(quick=False) + run.config_files(quick=True))
     used.update((REPO / f).resolve() for f in PRESET_FILES)
-    missing = sorted(str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.yaml") if p.resolve() not in used)
+    missing = sorted(str(p.relative_to(REPO)) for folder in (CONFIGS, EVIDENCE_CONFIGS) for p in folder.rglob("*.yaml")
+                     if p.resolve() not in used)
     assert not missing, (f"configs in no tested composition: {missing}. A standalone config needs a model and a "
                          "data class_path; a fragment needs an entry in jointdiff/workflow/paper.py or a "
                          "composition in tests/test_configs*.py")

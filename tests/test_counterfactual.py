@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_sampling_cli import write_checkpoint  # tests/ is on sys.path (rootdir conftest, no package)
+from conftest import write_checkpoint
 from torchvision.io import write_png
 
 from jointdiff.cli import main as cli_main

@@ -1,4 +1,4 @@
-"""Decoded-data caches never serve stale or broken data (issue 14, item 1): entries are keyed on the source files'
+"""Decoded-data caches never serve stale or broken data: entries are keyed on the source files'
 identity, rebuilt when a source changes, never written for a file that fails to parse, and every error names the
 source file, not the cache."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from test_ddp_evaluation import TINY, SyntheticDataModule, _free_port, _wait  # noqa: I001
+from conftest import TINY_JOINT, SyntheticDataModule, free_port, wait_all
 
 
 def worker(root: str, world: int) -> None:
@@ -42,7 +42,7 @@ def worker(root: str, world: int) -> None:
         logger=L.pytorch.loggers.CSVLogger(root, name="ddp"), default_root_dir=root,
         callbacks=[SampleGrid(num_samples=2), MetricsJSON()],
     )
-    model, dm = JointDiffusion(**TINY), SyntheticDataModule(batch_size=8, eval_batch_size=8)
+    model, dm = JointDiffusion(**TINY_JOINT), SyntheticDataModule(batch_size=8, eval_batch_size=8)
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -56,14 +56,14 @@ def test_sample_grid_and_metrics_json_do_not_hang_under_ddp(tmp_path):
     subprocess.run([sys.executable, __file__, "--root", str(single), "--world", "1"], check=True, capture_output=True,
                    env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), timeout=240)
     tmp_path = tmp_path / "ddp"
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
                    LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         cmd = [sys.executable, __file__, "--root", str(tmp_path), "--world", "2"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    _wait(procs)  # fails on a timeout (a hang) or a non-zero exit
+    wait_all(procs)  # fails on a timeout (a hang) or a non-zero exit
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert metrics["fit"]["global_step"] == 2 and "test/acc" in metrics["test"]
     assert Path(metrics["sample_grid"]).is_file()

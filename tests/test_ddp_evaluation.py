@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,72 +17,16 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-
-from jointdiff.callbacks import GenerativeEvaluation
-from jointdiff.data.base import ImageDataModule, ImageTensorDataset
-
-TINY = dict(
-    image_size=16, channels=1, num_classes=3, model_channels=16, channel_mult=[1, 2], norm_groups=8,
-    num_res_blocks=1, attention_downsample=[], diffusion_steps=50, classifier_weight=0.1, ema_decay=0.9,
+from conftest import (
+    N_TEST,
+    SyntheticDataModule,
+    evaluation_callback,
+    free_port,
+    make_tiny_checkpoint,
+    wait_all,
 )
-N_TEST = 61  # odd, and not a multiple of the eval batch: a padding DistributedSampler would repeat one example
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class SyntheticDataModule(ImageDataModule):
-    """Random 16×16 gray images with 3 random classes, in memory (the evaluation code only needs the splits)."""
-
-    name = "synthetic"
-    image_size = 16
-    channels = 1
-    num_classes = 3
-    task = "multiclass"
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        g = torch.Generator().manual_seed(0)
-
-        def split(n: int) -> ImageTensorDataset:
-            images = torch.randint(0, 256, (n, 1, 16, 16), generator=g, dtype=torch.uint8)
-            return ImageTensorDataset(images, torch.randint(0, 3, (n,), generator=g))
-
-        self.train_set, self.val_set, self.test_set = split(48), split(8), split(N_TEST)
-
-
-def make_tiny_checkpoint(path: Path) -> Path:
-    """A tiny JointDiffusion with a head, trained two steps by Lightning and saved as a checkpoint (reused when
-    it already exists: the evaluation test files share one per pytest session)."""
-    from jointdiff.models import JointDiffusion
-
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=str(path.parent), num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer.fit(JointDiffusion(**TINY), SyntheticDataModule(batch_size=8, eval_batch_size=8))
-    trainer.save_checkpoint(path)
-    torch.set_num_threads(threads)
-    return path
-
-
-def evaluation_callback(ckpt: str, cache_dir: str, **kwargs) -> GenerativeEvaluation:
-    settings = dict(
-        # 36 samples = 5 global batches: 3 on rank 0, 2 on rank 1, the last one short
-        num_samples=36, batch_size=8, feature_extractors=[f"clf=classifier:{ckpt}"],
-        input_conventions=["standard", "reference"], prd_clusters=5, prd_runs=1, knn_chunk_size=16,
-        grid_size=16, cache_dir=cache_dir,
-    )
-    settings.update(kwargs)
-    return GenerativeEvaluation(**settings)
 
 
 # the worker (run as a script) -----------------------------------------------------------------------------------
@@ -101,19 +44,15 @@ def worker(ckpt: str, out: str, cache_dir: str, root: str, world: int, repeats: 
             enable_progress_bar=False, enable_model_summary=False, default_root_dir=root, callbacks=[callback],
         )
         logged = trainer.test(model, SyntheticDataModule(batch_size=8, eval_batch_size=8), verbose=False)[0]
-        runs.append({"logged": logged, "results": callback.last_results, "record": callback.last_record})
+        runs.append({"logged": logged, "results": callback.last_results, "record": callback.last_record.to_json()})
     Path(f"{out}.rank{trainer.global_rank}.json").write_text(json.dumps(runs))
 
 
 # the test -------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(world: int, ckpt: Path, out: Path, cache: Path, root: Path) -> list[subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
@@ -122,17 +61,6 @@ def _launch(world: int, ckpt: Path, out: Path, cache: Path, root: Path) -> list[
                "--root", str(root), "--world", str(world), "--repeats", "2"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
-
-
-def _wait(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            output, _ = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0, output[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +88,7 @@ def test_two_processes_match_one_process(tiny_checkpoint, tmp_path):
     try:  # the one-process run, here, while the two ranks run
         worker(str(tiny_checkpoint), str(tmp_path / "one"), str(tmp_path / "cache1"), str(tmp_path / "run1"), 1, 1)
     finally:
-        _wait(two)
+        wait_all(two)
     single = json.loads((tmp_path / "one.rank0.json").read_text())
     ranks = [json.loads((tmp_path / f"two.rank{r}.json").read_text()) for r in range(2)]
 

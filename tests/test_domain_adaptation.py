@@ -128,8 +128,10 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
         "--data.init_args.download", "false",
     ]
     out = tmp_path / "run"
-    summary = driver.run(str(REPO / "configs" / "domain_adaptation" / "usps_mnist.yaml"), str(out), extra=tiny,
-                         stage2_lr=3e-5)
+    # the composition `jointdiff paper` runs for Table 6
+    paper = ["-c", str(REPO / "configs/paper/data/da_usps_mnist.yaml"),
+             "-c", str(REPO / "configs/paper/models/joint.yaml"), "--test_after_fit=false"]
+    summary = driver.run(str(REPO / "configs/base/default.yaml"), str(out), extra=paper + tiny, stage2_lr=3e-5)
     assert json.loads((out / "domain_adaptation.json").read_text()) == summary
     assert summary["stage1"]["steps"] == summary["stage2"]["steps"] == 3  # D15 default: as many steps as stage 1
     for key in ("test/acc", "test/acc_ema", "test/acc_raw"):

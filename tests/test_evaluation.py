@@ -7,8 +7,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from test_ddp_evaluation import N_TEST, SyntheticDataModule, evaluation_callback, make_tiny_checkpoint
-from test_metrics import _fid_scipy, _knn_scipy
+from conftest import N_TEST, SyntheticDataModule, evaluation_callback, fid_scipy, knn_scipy, make_tiny_checkpoint
 
 from jointdiff.callbacks.evaluation import batch_seed
 from jointdiff.images import to_uint8
@@ -56,6 +55,28 @@ def test_missing_weights_stop_the_run_at_setup_before_any_sampling(tiny_checkpoi
         trainer.test(model, SyntheticDataModule(batch_size=8, eval_batch_size=8))
     assert any(entry.name == "setup" for entry in err.traceback)  # raised by the callback's setup hook
     assert callback.last_results is None and not (tmp_path / "samples").exists()
+
+
+def test_models_and_datamodules_are_checked_against_the_contracts_before_any_step(tiny_checkpoint, tmp_path):
+    from jointdiff.callbacks.contracts import GenerativeModel, ImageData
+    from jointdiff.data import FashionMNISTDataModule
+
+    model = load_model(tiny_checkpoint)
+    assert isinstance(model, GenerativeModel)
+    assert isinstance(SyntheticDataModule(batch_size=8), ImageData) and isinstance(FashionMNISTDataModule(), ImageData)
+    callback = evaluation_callback(str(tiny_checkpoint), str(tmp_path / "cache"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), callbacks=[callback])
+    with pytest.raises(TypeError, match="LightningModule lacks diffusion, sample, sampler_name"):
+        callback.setup(trainer, L.LightningModule(), "test")
+
+    class Unnamed(L.LightningDataModule):  # a DataModule that says nothing about its images
+        def test_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1, 16, 16)))
+
+    with pytest.raises(TypeError, match="Unnamed lacks batch_size, channels, image_size, test_set, train_set, val_set"):
+        trainer.test(model, Unnamed())
+    assert callback.last_record is None
 
 
 # Inception plumbing, with a random-weights file of the right format ------------------------------------------
@@ -206,8 +227,8 @@ def test_callback_scores_match_an_independent_recomputation(tiny_checkpoint, tmp
     # the reference convention scores against the reference's real set: its loader (batch 8) drops the last 5
     for conv, n_real in (("standard", N_TEST), ("reference", N_TEST // 8 * 8)):
         fake, real = extractor(fake_images, conv).double(), extractor(real_images[:n_real], conv).double()
-        assert results[f"test/gen_clf/fid_{conv}"] == pytest.approx(_fid_scipy(fake.numpy(), real.numpy()), rel=1e-4)
-        p, r = _knn_scipy(fake.numpy(), real.numpy())
+        assert results[f"test/gen_clf/fid_{conv}"] == pytest.approx(fid_scipy(fake.numpy(), real.numpy()), rel=1e-4)
+        p, r = knn_scipy(fake.numpy(), real.numpy())
         assert results[f"test/gen_clf/precision_knn_{conv}"] == pytest.approx(p, abs=1e-9)
         assert results[f"test/gen_clf/recall_knn_{conv}"] == pytest.approx(r, abs=1e-9)
         p, r = prd_precision_recall(canonical(fake.float()), canonical(real.float()), num_clusters=5, num_runs=1)

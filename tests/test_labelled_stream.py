@@ -1,5 +1,5 @@
 """``semi_supervised_mode=stream``: a second, labelled stream beside the stream of all images, so that every step
-has a full labelled classifier batch (issue 13, item 2). The reference's buffer mode stays the default and keeps
+has a full labelled classifier batch. The reference's buffer mode stays the default and keeps
 its own tests (``test_semisupervised.py``)."""
 
 from __future__ import annotations

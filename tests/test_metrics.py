@@ -3,10 +3,9 @@ independent computation (scipy, numpy, torch-fidelity, torchmetrics, a linear pr
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
+from conftest import fid_scipy, knn_scipy
 from scipy.optimize import linprog
-from scipy.spatial.distance import cdist
 
 from jointdiff.metrics import FrechetDistance, KNNPrecisionRecall, PRDPrecisionRecall, accuracy_metrics
 from jointdiff.metrics.accuracy import hits
@@ -32,12 +31,6 @@ def _feed(metric, fake, real, batch=37):
 
 
 # FID ----------------------------------------------------------------------------------------------------------
-def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
-    """pytorch-fid's formula: scipy matrix square root (independent of the eigenvalue route we use)."""
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = scipy.linalg.sqrtm(s1 @ s2).real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def test_fid_matches_scipy_and_torchmetrics():
@@ -46,7 +39,7 @@ def test_fid_matches_scipy_and_torchmetrics():
     fake, real = _features(400, 24, shift=0.3, scale=1.3, seed=1), _features(500, 24, seed=2)
     ours = float(_feed(FrechetDistance(24), fake, real))
     assert ours > 1.0  # the sets differ: a test of ~0 would prove nothing
-    assert ours == pytest.approx(_fid_scipy(fake.numpy(), real.numpy()), abs=1e-4)
+    assert ours == pytest.approx(fid_scipy(fake.numpy(), real.numpy()), abs=1e-4)
 
     class Identity(torch.nn.Module):
         num_features = 24
@@ -82,11 +75,6 @@ def test_fid_rejects_bad_features():
 
 
 # k-NN precision / recall --------------------------------------------------------------------------------------
-def _knn_scipy(fake: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:
-    r_real = np.sort(cdist(real, real), axis=1)[:, k]
-    r_fake = np.sort(cdist(fake, fake), axis=1)[:, k]
-    d = cdist(fake, real)
-    return float((d <= r_real[None, :]).any(1).mean()), float((d <= r_fake[:, None]).any(0).mean())
 
 
 def test_knn_precision_recall_matches_scipy_and_torch_fidelity():
@@ -95,7 +83,7 @@ def test_knn_precision_recall_matches_scipy_and_torch_fidelity():
     fake, real = _features(300, 10, shift=0.3, scale=0.85, seed=5), _features(350, 10, seed=6)
     p, r = knn_precision_recall(fake, real, k=3, chunk_size=64)
     assert 0.05 < p < 0.95 and 0.05 < r < 0.95  # neither trivially 0 nor 1
-    ps, rs = _knn_scipy(fake.numpy(), real.numpy())
+    ps, rs = knn_scipy(fake.numpy(), real.numpy())
     assert (p, r) == pytest.approx((ps, rs), abs=1e-4)
     pt, rt = calculate_precision_recall_full(fake, real, neighborhood=3, batch_size=10000)
     assert (p, r) == pytest.approx((pt, rt), abs=1e-4)

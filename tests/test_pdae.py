@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from quadrant_data import QuadrantData, quiet_trainer
+from conftest import QuadrantData, quiet_trainer
 from sklearn.metrics import roc_auc_score
 
 from jointdiff.diffusion import GaussianDiffusion

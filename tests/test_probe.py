@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from quadrant_data import QuadrantData, quiet_trainer
+from conftest import QuadrantData, quiet_trainer
 
 from jointdiff.data.base import ImageDataModule
 from jointdiff.models import FrozenDDPMProbe, JointDiffusion, StandaloneClassifier

@@ -1,4 +1,4 @@
-"""Exact resume (issue 14, item 6): N steps, a checkpoint in the middle of an epoch, resume, M more steps ≡ N+M
+"""Exact resume: N steps, a checkpoint in the middle of an epoch, resume, M more steps ≡ N+M
 uninterrupted steps, bit for bit: weights, EMA (with its update count), optimizer state, the semi-supervised
 buffer and counter, and the data order. Also the EMA under gradient accumulation and skipped AMP steps (item 7)."""
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_sampling_cli import write_checkpoint  # tests/ is on sys.path (rootdir conftest, no package)
+from conftest import write_checkpoint
 
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.metrics.frechet import FrechetDistance

@@ -7,29 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_checkpoint
 
 from jointdiff.cli import main as cli_main
 from jointdiff.diffusion.engine import PerSampleNoise
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.images import to_uint8
 from jointdiff.models.checkpoints import load_model
-from jointdiff.models.joint import JointDiffusion
-
-TINY = dict(image_size=8, channels=1, num_classes=3, model_channels=16, channel_mult=[1, 2], num_res_blocks=1,
-            attention_downsample=[], num_heads=2, dropout=0.0, norm_groups=8, diffusion_steps=30,
-            noisy_classifier="replace")
-
-
-def write_checkpoint(path, **overrides) -> JointDiffusion:
-    """A checkpoint as ``jointdiff fit`` writes it (state dict, hyper-parameters, class record)."""
-    torch.manual_seed(0)
-    model = JointDiffusion(**{**TINY, **overrides})
-    torch.nn.init.normal_(model.network.unet.out[-1].weight, std=0.05)  # zero-initialised otherwise
-    model.ema.module.load_state_dict(model.network.state_dict())
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
-    model.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -205,17 +189,21 @@ def test_sample_grid_draws_with_its_clip_setting(tmp_path):
     from types import SimpleNamespace
 
     from jointdiff.callbacks import SampleGrid
+    from jointdiff.diffusion.ddim import RESPACED_ETA
 
     calls = []
 
     class Stub:
         device = torch.device("cpu")
 
-        def sample(self, num, generator=None, use_ema=True, progress=False, clip_denoised=False):
-            calls.append(clip_denoised)
+        def sample(self, num, generator=None, use_ema=True, progress=False, clip_denoised=False, steps=None,
+                   eta=0.0):
+            calls.append((clip_denoised, steps, eta))
             return torch.zeros(num, 1, 4, 4)
 
     trainer = SimpleNamespace(global_step=3, loggers=[])
     for clip in (False, True):
         SampleGrid(num_samples=2, clip_denoised=clip)._sample_and_save(trainer, Stub(), tmp_path)
-    assert calls == [False, True] and (tmp_path / "samples" / "step_0000003.png").is_file()
+    SampleGrid(num_samples=2, steps=25, eta=0.5)._sample_and_save(trainer, Stub(), tmp_path)
+    assert calls == [(False, None, RESPACED_ETA), (True, None, RESPACED_ETA), (False, 25, 0.5)]
+    assert (tmp_path / "samples" / "step_0000003.png").is_file()

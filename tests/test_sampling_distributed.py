@@ -9,7 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from test_sampling_cli import run, write_checkpoint
+from conftest import write_checkpoint
+from test_sampling_cli import run
 
 from jointdiff.sampling.distributed import shard
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_conditional_sampling import N_CLASSES, tiny_joint, tiny_joint64
+from conftest import N_CLASSES, tiny_joint, tiny_joint64
 
 from jointdiff.diffusion import GaussianDiffusion
 from jointdiff.diffusion.conditional import joint_conditional_denoise, joint_conditional_sample

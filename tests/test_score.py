@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from test_ddp_evaluation import SyntheticDataModule, evaluation_callback, make_tiny_checkpoint
+from conftest import SyntheticDataModule, evaluation_callback, make_tiny_checkpoint
 
 from jointdiff.cli import main as cli_main
 from jointdiff.models.checkpoints import load_model
@@ -42,7 +42,7 @@ def score(path, ckpt, root, **kwargs):
 
 def test_a_saved_evaluation_scores_as_the_evaluation_did(evaluated):
     ckpt, root, results, record = evaluated
-    npz = record["samples_npz"]
+    npz = record.samples_npz
     images, targets, info = read_samples(npz)
     assert images.shape == (36, 1, 16, 16) and targets is None and info["layout"] == "NHWC"
     scored = score(npz, ckpt, root)
@@ -51,13 +51,13 @@ def test_a_saved_evaluation_scores_as_the_evaluation_did(evaluated):
             results[f"test/gen_clf/{m}_standard"], rel=1e-6, abs=1e-9), m
     # the real features came from the evaluation's cache, keyed identically
     assert scored["reference_source"] == {"clf/standard": "disk"}
-    assert scored["num_reference"] == record["num_reference"]
-    assert scored["extractors"] == record["extractors"]
+    assert scored["num_reference"] == record.num_reference
+    assert scored["extractors"] == record.extractors
 
 
 def test_other_layouts_score_the_same(evaluated, tmp_path):
     ckpt, root, results, record = evaluated
-    pixels = np.load(record["samples_npz"])["arr_0"]  # (N, H, W, 1) uint8
+    pixels = np.load(record.samples_npz)["arr_0"]  # (N, H, W, 1) uint8
     np.save(tmp_path / "nhwc.npy", pixels[..., 0])  # (N, H, W) gray uint8, another implementation's .npy
     nchw = tmp_path / "nchw.npz"
     np.savez(nchw, images=pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0, labels=np.arange(36) % 3)

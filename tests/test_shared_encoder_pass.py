@@ -5,8 +5,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_MODEL
-from test_speed_equivalence import randomised
+from conftest import TINY_MODEL, randomised
 
 from jointdiff.models import JointDiffusion
 

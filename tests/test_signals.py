@@ -1,4 +1,4 @@
-"""Stopped runs say so (issue 14, item 8): SIGTERM makes `jointdiff fit` exit non-zero and record "interrupted"; a
+"""Stopped runs say so: SIGTERM makes `jointdiff fit` exit non-zero and record "interrupted"; a
 SIGKILLed run reads as "stale"; the sweep runner records interrupted runs, skips finished ones and re-runs the others,
 resuming a fit from its last checkpoint."""
 
@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_FIT_ARGS
 from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
-from test_slurm import TINY as SLURM_TINY
 
 from jointdiff.runs import attempt_status
 from jointdiff.workflow.launch import Job, run_locally
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [*SLURM_TINY, "--trainer.enable_progress_bar=false"]
+TINY = [*TINY_FIT_ARGS, "--trainer.enable_progress_bar=false"]
 
 
 def _env(tmp_path: Path, run_dir: Path) -> dict:

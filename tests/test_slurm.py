@@ -21,19 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_FIT_ARGS
 from fixtures import write_idx  # tests/ is on sys.path (rootdir conftest, no package)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-TINY = [
-    "--config", "configs/base/default.yaml", "--config", "configs/paper/data/fashion_mnist.yaml",
-    "--config", "configs/paper/models/joint.yaml", "--config", "configs/base/cpu_quick.yaml",
-    "--config", "configs/base/tiny_unet.yaml",
-    "--model.init_args.model_channels=16", "--model.init_args.norm_groups=8", "--model.init_args.diffusion_steps=50",
-    "--data.init_args.batch_size=8", "--trainer.limit_val_batches=0", "--test_after_fit=false",
-    "--trainer.log_every_n_steps=1", "--trainer.logger.init_args.flush_logs_every_n_steps=1",
-]
 
 
 def _script(path: Path, body: str) -> None:
@@ -79,7 +71,7 @@ def _rows(metrics_csv: Path) -> int:
 def test_sigusr1_requeue_resumes_from_hpc_checkpoint_with_same_step_folder_and_wandb_run(slurm_job):
     submit, env = slurm_job
     run_dir = submit / "runs/slurm/requeue-test/4242"  # fit.sh's default folder for job 4242
-    launcher = [str(REPO / "experiments/slurm/fit.sh"), *TINY]
+    launcher = [str(REPO / "experiments/slurm/fit.sh"), *TINY_FIT_ARGS]
 
     # attempt 1: train until a few steps are logged, then SIGUSR1 to the training process (as SLURM does)
     first = subprocess.Popen([*launcher, "--trainer.max_steps=100000"], cwd=submit, env=env,

@@ -1,24 +1,15 @@
-"""Every speed optimisation leaves the numbers unchanged (issue 8): fused attention vs the reference's explicit
+"""Every speed optimisation leaves the numbers unchanged: fused attention vs the reference's explicit
 attention, ``_foreach`` EMA vs the reference's per-parameter loop, channels-last, bf16 autocast, torch.compile."""
 
 import copy
 
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, randomised
 from reference import reference_ema_update, use_legacy_attention
 
 from jointdiff.models import JointDiffusion
 from jointdiff.models.ema import EMA
 from jointdiff.nn.unet import UNet
-
-
-def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-zero weights everywhere (zero-initialised outputs would hide differences)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return module
 
 
 def test_sdpa_unet_matches_legacy_attention_unet_outputs_and_gradients():

@@ -167,7 +167,7 @@ def test_sweep_run_trains_two_tiny_runs_end_to_end(tmp_path, monkeypatch):
     Fashion-MNIST written in its real idx format) in its own folder, which holds its metrics and the swept value;
     sweep.json pairs them."""
     write_idx(tmp_path / "fmnist", n_train=60, n_test=20)
-    tiny = ["--config", "configs/fashion_mnist/quick.yaml", f"--data.init_args.root={tmp_path / 'fmnist'}",
+    tiny = ["--config", "configs/demo.yaml", f"--data.init_args.root={tmp_path / 'fmnist'}",
             "--model.init_args.model_channels=16",
             "--model.init_args.norm_groups=8", "--model.init_args.diffusion_steps=50", "--trainer.max_steps=2",
             "--trainer.limit_val_batches=0", "--data.init_args.batch_size=8",

@@ -23,7 +23,8 @@ def arrow(ax, a, b, text="", dy=0.04, style="-|>", color="#333333"):
         ax.text((a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + dy, text, ha="center", va="bottom", fontsize=8, color=color)
 
 
-def main(out: Path = Path(__file__).with_name("method_schematic.png")) -> Path:
+def main(out: Path | None = None) -> Path:
+    out = out or Path(__file__).with_name("method_schematic.png")
     fig, ax = plt.subplots(figsize=(7.2, 3.25))
     ax.set_xlim(0, 7.2)
     ax.set_ylim(0, 3.25)
@@ -48,7 +49,8 @@ def main(out: Path = Path(__file__).with_name("method_schematic.png")) -> Path:
     ax.text(6.65, 2.6, r"$L_{diff}$", ha="center", fontsize=9)
     ax.text(6.65, 1.1, r"$\lambda\cdot CE$", ha="center", fontsize=9)
     arrow(ax, (4.6, 0.95), (3.75, 1.75), color="#b03a2e")
-    ax.text(4.35, 1.38, r"sampling: $m, e_k \leftarrow m, e_k + \alpha\nabla\log p(y\,|\,z)$", fontsize=8, color="#b03a2e")
+    ax.text(4.35, 1.38, r"sampling: $m, e_k \leftarrow m, e_k + \alpha\nabla\log p(y\,|\,z)$", fontsize=8,
+            color="#b03a2e")
     ax.text(3.6, 3.05, "one network, one loss: $L = L_{diff} + \\lambda\\cdot CE$", ha="center", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=130)

@@ -2,7 +2,7 @@
 
     export JOINTDIFF_DATA_ROOT=/work/shared/data
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python experiments/bench/bench_metrics_eval.py \
-        --classifier runs/fashion_mnist/classifier_quick/version_0/checkpoints/last.ckpt --n 10000
+        --classifier runs/evidence/fmnist_classifier/version_0/checkpoints/last.ckpt --n 10000
 
 Real set: the first ``n`` Fashion-MNIST test images. "Generated" stand-in: ``n_generated`` training images
 (seeded), so the scores printed are the floor a perfect generator would reach with this extractor and these counts.

@@ -1,22 +1,26 @@
 """Cost of one reverse step and of 10k samples: ancestral DDPM, DDIM, joint conditional (docs/design.md §5.1) on all T
-steps and on a respaced grid (η-DDIM, issue 15), and classifier guidance (§5.3); every step is one step of the engine
+steps and on a respaced grid (η-DDIM), and classifier guidance (§5.3); every step is one step of the engine
 (``jointdiff.diffusion.engine.reverse_process``) as the samplers run it. ``--phases`` also splits the joint step
 into its parts (encoder pass with a graph, head, backward to the features, decoder pass) against the unconditional
 step's encoder and decoder passes, to show where its extra cost lies.
 
-    python experiments/bench/bench_sampling.py                          # FMNIST quick sizes, batch 64, CPU
+    python experiments/bench/bench_sampling.py                          # FMNIST C=32 sizes, batch 64, CPU
     python experiments/bench/bench_sampling.py --size paper --batch 16  # the paper's FMNIST sizes (slow on CPU)
+    python experiments/bench/bench_sampling.py --size demo --batch 256 --noise   # + the per-sample noise draw
 
-``quick``: the UNet and head of configs/fashion_mnist/quick.yaml before issue 13 (C=32, (1,2,2), 1 ResBlock,
-middle attention, T=500, 10 classes) and the EncoderUNet classifier of noise_classifier_quick.yaml. ``paper``:
+``c32``: the UNet and head of configs/demo.yaml before it shrank to C=16 (C=32, (1,2,2), 1 ResBlock,
+middle attention, T=500, 10 classes) and a CPU-sized EncoderUNet noise-aware classifier (C=32, 1 ResBlock per
+level, middle attention, 32 channels per head). ``paper``:
 joint.yaml's UNet (C=64, 3 ResBlocks, attention at full resolution) and noise_classifier.yaml's classifier (ADM: C=128,
 2 ResBlocks, attention at the reference resolutions). The guided DDPM is the same UNet as the joint model.
 Weights are random (cost does not depend on them). The three steps are timed interleaved, round after round, so
 that load from other processes hits them alike; the table gives the median and the ratio to the unconditional
 step measured in the same run. "per 10k samples" is the median step time × the number of reverse steps a
 sample needs (T = 500 for DDPM, joint conditional sampling and guidance; ``--ddim_steps`` for DDIM and the respaced
-joint sampler) × ⌈10000 / batch⌉ batches, an extrapolation at this batch size. ``demo``: the main job's network
-(configs/fashion_mnist/quick.yaml since issue 13: C=16, GroupNorm 16).
+joint sampler) × ⌈10000 / batch⌉ batches, an extrapolation at this batch size. ``demo``: the demo's network
+(configs/demo.yaml: C=16, GroupNorm 16). ``--noise`` also times one step's per-sample noise for the batch: the keyed
+draw the samplers use (``PerSampleNoise``, one batched computation on the device) against the per-sample CPU
+generators it replaced (one ``randn`` per sample, stacked and moved to the device), as a share of the step.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 import torch
 
 from jointdiff.diffusion.conditional import ClassSteering
-from jointdiff.diffusion.engine import reverse_process
+from jointdiff.diffusion.engine import PerSampleNoise, reverse_process, sample_seed
 from jointdiff.diffusion.gaussian import GaussianDiffusion
 from jointdiff.diffusion.guidance import guidance_shift
 from jointdiff.models.joint import JointDiffusion
@@ -40,7 +44,7 @@ SIZES = {
     "demo": (dict(model_channels=16, norm_groups=16, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
              dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[],
                   head_channels=32)),
-    "quick": (dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
+    "c32": (dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[]),
               dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_downsample=[],
                    head_channels=32)),
     "paper": (dict(model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=3, attention_downsample=[1]),
@@ -53,12 +57,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds (each times all three steps once)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--size", choices=sorted(SIZES), default="quick", help="network sizes (see above)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="c32", help="network sizes (see above)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ddim_steps", type=int, default=50,
                         help="respaced steps per sample of DDIM and the respaced joint sampler (per-10k column)")
     parser.add_argument("--phases", action="store_true", help="also time the parts of the joint step")
+    parser.add_argument("--noise", action="store_true", help="also time one step's per-sample noise draw")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +112,8 @@ def main() -> None:
                         "joint respaced": args.ddim_steps, "classifier guidance": T}
     if args.phases:
         steps.update(_phases(net, x, t, y))
+    if args.noise:
+        steps.update(_noise_draws(b, device))
     times = {k: [] for k in steps}
     for r in range(args.warmup + args.rounds):
         for name, fn in steps.items():
@@ -152,6 +159,21 @@ def _one_step(net, diffusion, x, update, engine, **hooks):
         reverse_process(net, diffusion, x, grid, update=update, on_step=stop, **engine, **hooks)
     except Stop:
         pass
+
+
+def _noise_draws(b: int, device: torch.device) -> dict:
+    """One step's noise for ``b`` samples: keyed (today's ``PerSampleNoise``) and per-sample generators (before)."""
+    keyed = PerSampleNoise(0, range(b))
+    generators = [torch.Generator().manual_seed(sample_seed(0, i)) for i in range(b)]
+    shape = (b, 1, 28, 28)
+
+    def keyed_draw():
+        return keyed(shape, device, torch.float32)
+
+    def generator_draws():  # the implementation before the keyed draw
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(device)
+
+    return {"noise: keyed": keyed_draw, "noise: per-sample generators": generator_draws}
 
 
 def _phases(net, x, t, y):

@@ -12,8 +12,8 @@ AdamW + EMA update — what the model does per batch. Implementations, each at t
 - ``ours-shared``: ``ours`` with ``share_encoder_pass=True`` (the noisy classifier term reuses the diffusion pass's
   encoder outputs; only for configs whose classifier sees the diffusion's own ``x_i``, such as ``demo``).
 
-Configs: the paper's ``fmnist``, ``cifar``, ``celeba``, and ``demo``: the model of the main job
-(``configs/fashion_mnist/quick.yaml``, read from the file), where ``ours`` is its plain path whatever the file
+Configs: the paper's ``fmnist``, ``cifar``, ``celeba``, and ``demo``: the model of the demo
+(``configs/demo.yaml``, read from the file), where ``ours`` is its plain path whatever the file
 says about ``share_encoder_pass``.
 
 ``--with-lightning`` adds, for every implementation except ``reference``, a row ``<impl>+L`` that times the real
@@ -52,9 +52,9 @@ CONFIGS = {
     "fmnist": (28, 1, 64, 10, 500),
     "cifar": (32, 3, 128, 10, 1000),
     "celeba": (64, 3, 128, 40, 1000),
-    "demo": (28, 1, None, 10, None),  # the rest from the main job's config file
+    "demo": (28, 1, None, 10, None),  # the rest from the demo's config file
 }
-DEMO_CONFIG = REPO / "configs" / "fashion_mnist" / "quick.yaml"
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 IMPLS = ("reference", "ours", "ours-cl", "ours-bf16", "ours-compile", "ours-shared")
 
 

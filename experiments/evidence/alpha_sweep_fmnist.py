@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--respaced_alpha", choices=["same", "stride"], default="same",
                         help="α per respaced step: as on the full grid (same) or times the steps it covers (stride)")
     parser.add_argument("--clip_denoised", action="store_true",
-                        help="clamp x̂0 at every step (as the main job's grids); the reference sampler does not")
+                        help="clamp x̂0 at every step (as the demo's grids); the reference sampler does not")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """MALARIA counterfactuals (docs/design.md §6, D18) over α: how often does the counterfactual reach the other class?
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/alpha_sweep_malaria.py \\
-        --checkpoint runs/malaria/joint_counterfactual_quick/checkpoints/last.ckpt --output runs/cf_sweep_malaria \\
+        --checkpoint runs/evidence/malaria_counterfactual/checkpoints/last.ckpt --output runs/cf_sweep_malaria \\
         --alphas 0 200 1000 --num_per_class 32
 
 Test images (``--num_per_class`` of each class, the first of each class in the served test order) are noised to

@@ -1,4 +1,4 @@
-"""One command regenerates the CPU evidence of docs/results.md (issue 13, items 2–4): the semi-supervised table,
+"""One command regenerates the CPU evidence of docs/results.md: the semi-supervised table,
 the domain-adaptation table and the α sweep with an independent judge, each as a table between markers in
 ``docs/results.md`` and, for the α sweep, a plot in ``docs/figures/``.
 
@@ -24,12 +24,12 @@ The design of each experiment is fixed in its config and here, before any number
   accuracy of stage 1; beside it the source-only stand-alone classifier (``da_classifier.yaml``, same steps).
 - **da_stage2_lr** (a diagnostic of the da reading): as **da**, seed 0, with stage 2 at lr 1e-4 instead of 1e-3
   (``domain_adaptation.py --stage2_lr``), without the source-only classifier.
-- **alpha**: ``experiments/evidence/alpha_sweep_fmnist.py`` on the main job's checkpoint (``--checkpoint``), α in
+- **alpha**: ``experiments/evidence/alpha_sweep_fmnist.py`` on the demo's checkpoint (``--checkpoint``), α in
   {0, 50, 100, 200, 500, 1000} with direction +1 and {200, 1000} with −1, 20 samples per class, x̂0 clamped as in
-  the main job's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
+  the demo's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
   Fréchet distance in its features against 2,000 test images.
   Parts of the grid run as separate processes are merged with ``--merge_alpha FOLDER …``.
-- **respaced** (issue 15, ``docs/sampling.md``): the joint sampler as η = 0 DDIM on 50 and 100 respaced steps of
+- **respaced** (``docs/sampling.md``): the joint sampler as η = 0 DDIM on 50 and 100 respaced steps of
   the same checkpoint, α in {0, 50, 100, 200}, both α rules (``same``, ``stride``), otherwise as **alpha**.
 """
 
@@ -294,13 +294,13 @@ def alpha_table() -> str:
                               f"The model's own head on noised test images, by step: {head}.")
 
 
-# respaced joint sampling (issue 15) ---------------------------------------------------------------------------------
+# respaced joint sampling --------------------------------------------------------------------------------------------
 RESPACED_STEPS, RESPACED_ALPHAS, RESPACED_RULES = (50, 100), (0, 50, 100, 200), ("same", "stride")
 SAMPLING_MD = REPO / "docs" / "sampling.md"
 
 
 def respaced(checkpoint: str) -> None:
-    """The joint sampler as η=0 DDIM on 50 and 100 of the T steps, both α rules, on the main job's model; the
+    """The joint sampler as η=0 DDIM on 50 and 100 of the T steps, both α rules, on the demo's model; the
     same judge, sample count and clamping as the α sweep (its α ≤ 200 rows are the full-T reference)."""
     for steps in RESPACED_STEPS:
         for rule in RESPACED_RULES:
@@ -361,8 +361,8 @@ def main() -> None:
                         help="label budgets of the semi part (two processes can share the work)")
     parser.add_argument("--models", nargs="+", default=list(SEMI_MODELS), choices=list(SEMI_MODELS),
                         help="models of the semi part (two processes can share the work)")
-    parser.add_argument("--checkpoint", default="runs/fashion_mnist/quick/version_0/checkpoints/last.ckpt",
-                        help="the main job's checkpoint (alpha)")
+    parser.add_argument("--checkpoint", default="runs/demo/version_0/checkpoints/last.ckpt",
+                        help="the demo's checkpoint (alpha)")
     parser.add_argument("--render", action="store_true", help="only rewrite the tables from finished runs")
     parser.add_argument("--merge_alpha", nargs="+", metavar="FOLDER", default=None,
                         help="merge α-sweep parts run as separate processes into the alpha result, then render")

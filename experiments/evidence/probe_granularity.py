@@ -8,7 +8,7 @@ data one multinomial regression, reported as overall accuracy and per-class reca
 noise seeded per image otherwise), standardised with the train features; regressions are scikit-learn's.
 
     JOINTDIFF_DATA_ROOT=/work/shared/data python experiments/evidence/probe_granularity.py \\
-        --checkpoint runs/fashion_mnist/ddpm_quick/checkpoints/last.ckpt --dataset FashionMNISTDataModule \\
+        --checkpoint runs/evidence/fmnist_ddpm/checkpoints/last.ckpt --dataset FashionMNISTDataModule \\
         --timesteps 0 50 100 200 300 400 499 --train_images 3000 --test_images 2000 --out runs/granularity_fmnist
 
 Writes ``granularity.json`` and ``granularity.png`` (score per class/attribute against the step) into ``--out``.

@@ -2,7 +2,7 @@
 
     python experiments/faults/fault_check.py [--work DIR] [--keep]
 
-Scenarios (issue 14): a poisoned or replaced data cache (1), a checkpoint that does not fit the configured model
+Scenarios: a poisoned or replaced data cache (1), a checkpoint that does not fit the configured model
 (2), a kill during a checkpoint save with ``$TMPDIR`` on another filesystem and an unreadable newest HPC checkpoint
 (5), a mid-epoch resume compared bit for bit with the uninterrupted run (6), SIGTERM and SIGKILL during training
 (8), bad values and files given to the command line (9), and the trust boundary (T1–T7: a corrupt idx file beside a

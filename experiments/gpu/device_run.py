@@ -19,7 +19,8 @@ b. ``sampling``: per-step cost of DDPM, DDIM, joint conditional sampling (fp32 a
    ``jointdiff sample --batch_size auto`` picks for the joint sampler.
 c. ``data_path``: the Fashion-MNIST step (bf16) fed by the real DataModule's loader (pinned memory) against the
    same step on a batch already on the GPU.
-d. ``training``: ``jointdiff fit -c configs/fashion_mnist/joint.yaml`` (the paper's configuration) with the fastest
+d. ``training``: ``jointdiff fit`` of the paper's F-MNIST joint model (``FMNIST_JOINT``, the composition that
+   ``jointdiff paper`` runs) with the fastest
    precision/memory-format/compile setting of (a), capped by ``--trainer.max_time`` to the rest of the budget,
    validating every ``--val-every`` steps on the held-out split and testing at the end; accuracy against steps.
 """
@@ -41,6 +42,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+FMNIST_JOINT = ("configs/base/default.yaml", "configs/paper/data/fashion_mnist.yaml", "configs/paper/models/joint.yaml")
 sys.path.insert(0, str(REPO))
 
 # Peak dense throughput of the lent H200 in TFLOP/s: bf16 as measured there (an 8192³ matmul, device KINDS.md),
@@ -217,7 +219,7 @@ def part_sampling(args, device, result: dict, cap: Budget) -> None:
 
     out = result.setdefault("sampling", {})
     model = JointDiffusion(**{**model_args("fmnist", args.dry_run), "noisy_classifier": "replace"}).to(device).eval()
-    classifier_cfg = yaml.safe_load((REPO / "configs/fashion_mnist/noise_classifier.yaml").read_text())
+    classifier_cfg = yaml.safe_load((REPO / "configs/paper/models/noise_classifier.yaml").read_text())
     clf_args = {k: v for k, v in classifier_cfg["model"]["init_args"].items()
                 if k in ("model_channels", "channel_mult", "num_res_blocks", "attention_downsample", "head_channels")}
     if args.dry_run:
@@ -342,7 +344,7 @@ def part_training(args, device, result: dict, cap: Budget) -> None:
     seconds = max(30, int(cap.left()))
     run_dir = Path(args.work) / "train"  # checkpoints stay out of <out> (the device returns 8 small files at most)
     cmd = [
-        sys.executable, "-m", "jointdiff.cli", "fit", "-c", str(REPO / "configs/fashion_mnist/joint.yaml"),
+        sys.executable, "-m", "jointdiff.cli", "fit", *(a for f in FMNIST_JOINT for a in ("-c", str(REPO / f))),
         "--trainer.precision", precision, "--model.init_args.compile", str(compile_).lower(),
         "--model.init_args.channels_last", str(channels_last).lower(),
         "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
+from jointdiff.callbacks.contracts import GenerativeModel, ImageData, missing_members
 from jointdiff.callbacks.logging import log_image, run_dir
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid, to_uint8
@@ -54,6 +56,38 @@ RESULTS_FILE = "generative_eval.json"
 def batch_seed(seed: int, batch: int) -> int:
     """Seed of global sample batch ``batch``: independent streams per batch, whatever process draws it."""
     return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One evaluation's numbers and provenance: an entry of ``generative_eval.json``."""
+
+    stage: str  # val | test
+    checkpoint: str | None  # weights loaded by fit/test's ckpt_path (None: the in-memory model)
+    global_step: int
+    epoch: int
+    num_generated: int
+    num_reference: dict[str, int]  # "extractor/convention" → real images scored against
+    dataset: str
+    reference_split: str
+    reference_source: dict[str, str]  # "extractor/convention" → memory | disk | computed
+    extractors: dict[str, dict]  # name → FeatureExtractor.describe()
+    input_conventions: list[str]
+    sampler: str  # the model's sampler_name
+    sampling_steps: int  # network evaluations per sample
+    weights: Literal["ema", "raw"]
+    seed: int
+    batch_size: int
+    world_size: int
+    knn: dict
+    prd: dict
+    seconds_rank0: dict[str, float]  # per process; the wall clock of the evaluation is the slowest rank's
+    sample_grid: str | None
+    samples_npz: str | None
+    results: dict[str, float]  # the logged keys and values
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def _sync(device: torch.device) -> None:
@@ -148,19 +182,24 @@ class GenerativeEvaluation(L.Callback):
         self.extractors: dict[str, FeatureExtractor] = {}
         self._reference: dict[ReferenceKey, torch.Tensor] = {}
         self.last_results: dict[str, float] | None = None
-        self.last_record: dict | None = None
+        self.last_record: EvaluationRecord | None = None
 
     # set-up: everything that can fail does so before any training or sampling ------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "sample", None)):
-            raise TypeError(f"GenerativeEvaluation needs a generative model with sample(num, generator, use_ema, "
-                            f"progress); {type(pl_module).__name__} has none")
+        if not isinstance(pl_module, GenerativeModel):
+            raise TypeError(f"GenerativeEvaluation needs a generative model (sample(num, generator, use_ema, "
+                            f"progress), sampler_name, diffusion); {type(pl_module).__name__} lacks "
+                            f"{', '.join(missing_members(pl_module, GenerativeModel))}")
         n_batches = len(global_batches(self.num_samples, self.batch_size))
         if n_batches < trainer.world_size:
             raise ValueError(f"num_samples={self.num_samples} in batches of {self.batch_size} gives {n_batches} "
                              f"batches for {trainer.world_size} processes; every process needs at least one")
         if trainer.datamodule is None:
             raise ValueError("GenerativeEvaluation takes the real images from the DataModule; pass datamodule=")
+        if not isinstance(trainer.datamodule, ImageData):
+            raise TypeError(f"GenerativeEvaluation reads the real images of an image DataModule; "
+                            f"{type(trainer.datamodule).__name__} lacks "
+                            f"{', '.join(missing_members(trainer.datamodule, ImageData))}")
         if not self.extractors:
             for spec in self.extractor_specs:
                 extractor = build_extractor(spec, self.inception_weights, self.allow_download)
@@ -169,9 +208,8 @@ class GenerativeEvaluation(L.Callback):
                 self.extractors[extractor.name] = extractor
         dm = trainer.datamodule
         for extractor in self.extractors.values():
-            size, channels = getattr(extractor, "image_size", None), getattr(extractor, "channels", None)
-            data_shape = (getattr(dm, "image_size", size), getattr(dm, "channels", channels))
-            if size is not None and data_shape != (size, channels):
+            size, channels = extractor.image_size, extractor.channels
+            if size is not None and (dm.image_size, dm.channels) != (size, channels):
                 raise ValueError(f"feature extractor {extractor.name} takes {channels}×{size}×{size} images but the "
                                  f"data are {dm.channels}×{dm.image_size}×{dm.image_size}")
 
@@ -187,10 +225,11 @@ class GenerativeEvaluation(L.Callback):
     # real features ---------------------------------------------------------------------------------------------
     def _reference_dataset(self, trainer: L.Trainer):
         dm = trainer.datamodule
-        dataset = getattr(dm, f"{self.reference_split}_set", None)
-        if dataset is None:
+        split = {"train": lambda: dm.train_set, "val": lambda: dm.val_set, "test": lambda: dm.test_set}[
+            self.reference_split]
+        if split() is None:
             dm.setup("test" if self.reference_split == "test" else "fit")
-            dataset = getattr(dm, f"{self.reference_split}_set", None)
+        dataset = split()
         if dataset is None:
             raise ValueError(f"{type(dm).__name__} provides no {self.reference_split} split for the reference features")
         return dataset
@@ -199,11 +238,10 @@ class GenerativeEvaluation(L.Callback):
     def _reference_loader_batch(dm) -> int:
         """The batch of the reference's evaluation loader: its training (micro)batch, the DataModule's
         ``batch_size``."""
-        batch = getattr(dm, "batch_size", None)
-        if not isinstance(batch, int):
-            raise ValueError(f"the reference input convention needs the DataModule's batch_size; "
-                             f"{type(dm).__name__} has none")
-        return batch
+        if not isinstance(dm.batch_size, int):
+            raise ValueError(f"the reference input convention needs the DataModule's batch_size as an integer; "
+                             f"{type(dm).__name__} has {dm.batch_size!r}")
+        return dm.batch_size
 
     def reference_features(
         self, trainer: L.Trainer, extractor: FeatureExtractor, convention: str, device: torch.device
@@ -214,7 +252,7 @@ class GenerativeEvaluation(L.Callback):
         dataset = self._reference_dataset(trainer)
         loader_batch = self._reference_loader_batch(dm) if convention == "reference" else None
         indices = real_indices(len(dataset), self.num_reference, convention, loader_batch)
-        key = reference_key(getattr(dm, "name", type(dm).__name__), self.reference_split, dataset, extractor,
+        key = reference_key(dm.name, self.reference_split, dataset, extractor,
                             convention, len(indices))
         if key in self._reference:
             return self._reference[key], key, "memory"
@@ -250,14 +288,6 @@ class GenerativeEvaluation(L.Callback):
     def _metrics(self, dim: int, device: torch.device) -> dict:
         return generative_metrics(dim, self.knn, self.prd, self.seed, device)
 
-    def _sampler_record(self, pl_module: L.LightningModule) -> dict:
-        diffusion = getattr(pl_module, "diffusion", None)
-        sampler = getattr(pl_module, "sampler_name", f"{type(pl_module).__name__}.sample")
-        return {
-            "sampler": sampler,
-            "sampling_steps": int(diffusion.num_steps) if diffusion is not None else None,
-        }
-
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str) -> dict[str, float]:
         """Sample, score and log; every rank must call it (it runs collectives). Returns the scores."""
@@ -285,40 +315,28 @@ class GenerativeEvaluation(L.Callback):
             # Identical on every rank already; "max" keeps the exact value where "mean" could round.
             pl_module.log(key, value, sync_dist=True, reduce_fx="max")
 
-        # timings are per process; the wall clock of the whole evaluation is the slowest rank's
-        record = {
-            "stage": prefix,
-            "checkpoint": trainer.ckpt_path,  # weights loaded by fit/test's ckpt_path (None: the in-memory model)
-            "global_step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "num_generated": self.num_samples,
-            "num_reference": {f"{n}/{c}": keys[(n, c)].count for n, c in combos},
-            "dataset": keys[combos[0]].dataset,
-            "reference_split": self.reference_split,
-            "reference_source": sources,
-            "extractors": {n: e.describe() for n, e in self.extractors.items()},
-            "input_conventions": self.conventions,
-            **self._sampler_record(pl_module),
-            "weights": "ema" if self.use_ema else "raw",
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": world,
-            "knn": self.knn,
-            "prd": {**self.prd, "beta": 8, "seed": self.seed},
-            "seconds_rank0": {
+        record = EvaluationRecord(
+            stage=prefix, checkpoint=trainer.ckpt_path, global_step=trainer.global_step, epoch=trainer.current_epoch,
+            num_generated=self.num_samples, num_reference={f"{n}/{c}": keys[(n, c)].count for n, c in combos},
+            dataset=keys[combos[0]].dataset, reference_split=self.reference_split, reference_source=sources,
+            extractors={n: e.describe() for n, e in self.extractors.items()}, input_conventions=self.conventions,
+            sampler=pl_module.sampler_name, sampling_steps=int(pl_module.diffusion.num_steps),
+            weights="ema" if self.use_ema else "raw", seed=self.seed, batch_size=self.batch_size, world_size=world,
+            knn=self.knn, prd={**self.prd, "beta": 8, "seed": self.seed},
+            seconds_rank0={
                 "reference_features": round(t_reference, 3), "sampling": round(t_sampling, 3),
                 "generated_features": round(t_features, 3), "metrics": round(t_metrics, 3),
                 "total": round(time.perf_counter() - t_start, 3),
             },
-            "sample_grid": str(grid_path) if grid_path else None,
-            "samples_npz": str(samples_path) if samples_path else None,
-            "results": results,
-        }
+            sample_grid=str(grid_path) if grid_path else None,
+            samples_npz=str(samples_path) if samples_path else None,
+            results=results,
+        )
         self.last_results, self.last_record = results, record
         if rank == 0:
-            self._append(out_dir / RESULTS_FILE, record)
+            self._append(out_dir / RESULTS_FILE, record.to_json())
             lines = [f"generative evaluation ({prefix}, step {trainer.global_step}): {self.num_samples} samples vs "
-                     f"{self.reference_split} split, {record['seconds_rank0']['total']:.1f} s"]
+                     f"{self.reference_split} split, {record.seconds_rank0['total']:.1f} s"]
             lines += [f"  {k:<52} {v:.4f}" for k, v in results.items()]
             rank_zero_info("\n".join(lines))
         return results

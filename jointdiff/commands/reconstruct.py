@@ -1,6 +1,6 @@
 """``jointdiff reconstruct``: PDAE autoencoding of real images, against the pre-trained DPM's own DDIM inversion.
 
-    jointdiff reconstruct --checkpoint runs/fashion_mnist/pdae_quick/version_0/checkpoints/last.ckpt \\
+    jointdiff reconstruct --checkpoint runs/evidence/fmnist_pdae/version_0/checkpoints/last.ckpt \\
         --data FashionMNISTDataModule --num_images 200 --inversion_steps 50 --decode_steps 50
 
 For each image: z = E(x0), x_T by DDIM inversion with the z-shifted ε̂, DDIM decoding from x_T with z ("pdae");

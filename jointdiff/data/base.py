@@ -351,7 +351,7 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool, seed_offset: int = 0) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not provided this split")
-        # (issue 4, evaluation owner) Under DDP, Lightning's injected DistributedSampler pads the ranks with repeated
+        # Under DDP, Lightning's injected DistributedSampler pads the ranks with repeated
         # examples, which biases val/test accuracy; an unpadded sampler (ranks may differ by one example) keeps the
         # single-process value exactly. Lightning leaves a DistributedSampler subclass in place.
         sampler = None

@@ -74,6 +74,15 @@ def space_timesteps(num_steps: int, section_counts: int | str | Sequence[int]) -
     return sorted(set(steps))
 
 
+# The η that respaced joint and unconditional sampling use when none is given (`jointdiff sample --steps N`, the
+# α sweep, the demo's grids): chosen by the designed validation of docs/sampling.md ("Respaced joint sampling: the
+# designed validation"), where the numbers that chose it are.
+RESPACED_ETA = 0.0
+# The respaced steps that the α sweep draws with unless told otherwise (`"all"`: the full ancestral chain), from the
+# same validation.
+SWEEP_STEPS: int | str = "all"
+
+
 def respaced_timesteps(num_steps: int, sample_steps: int | str) -> torch.LongTensor:
     """The original indices a respaced sampler visits, ascending: ``space_timesteps(T, S)`` (0 and T−1 included
     for an integer ``S ≥ 2``; ``"ddimN"`` or ``"10,15,20"`` forms are passed through). ``S == T`` gives every step.

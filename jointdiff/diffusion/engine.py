@@ -31,6 +31,7 @@ of the batch it is drawn in and of the number of processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -39,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jointdiff.diffusion.gaussian import GaussianDiffusion, extract
+from jointdiff.diffusion.keyed_noise import keyed_normal, split_key
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Update = Literal["ddpm", "ddim"]
@@ -95,18 +97,25 @@ class BatchNoise:
 
 
 class PerSampleNoise:
-    """Sample ``b`` of the batch draws from its own generator seeded with ``(seed, indices[b])`` (a CPU generator,
-    so the numbers are the same on any device): the same seed gives the same images for any batch size, class mix
+    """Sample ``b`` of the batch draws from its own stream keyed by ``(seed, indices[b])``: draw ``d`` of it is a
+    pure function of that key, ``d`` and the element (:func:`jointdiff.diffusion.keyed_noise.keyed_normal`),
+    computed for the whole batch on its device. The same seed gives the same images for any batch size, class mix
     or number of processes."""
 
     def __init__(self, seed: int, indices: Sequence[int]):
-        self.generators = [torch.Generator().manual_seed(sample_seed(seed, int(i))) for i in indices]
+        self.keys = torch.tensor([split_key(sample_seed(seed, int(i))) for i in indices], dtype=torch.int32)
+        self.keys = self.keys.reshape(-1, 2)  # (B, 2) int32 words
+        self.draws = 0  # draws so far: the next one is draw number `draws` of every sample
 
     def __call__(self, shape, device, dtype=torch.float32):
-        if shape[0] != len(self.generators):
-            raise ValueError(f"per-sample noise for {len(self.generators)} samples, asked for a batch of {shape[0]}")
-        draws = [torch.randn(shape[1:], generator=g, dtype=dtype) for g in self.generators]
-        return torch.stack(draws).to(device)
+        if shape[0] != len(self.keys):
+            raise ValueError(f"per-sample noise for {len(self.keys)} samples, asked for a batch of {shape[0]}")
+        if self.keys.device != torch.device(device):
+            self.keys = self.keys.to(device)
+        numel = math.prod(shape[1:])
+        out = keyed_normal(self.keys, self.draws, numel, dtype).reshape(shape)
+        self.draws += 1
+        return out
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -61,11 +61,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 class FeatureExtractor(nn.Module):
     """Base: ``forward(images, convention) -> (B, D)``; ``name`` (used in metric keys), ``dim`` (D),
-    ``fingerprint`` (identifies the weights, for the reference-feature cache) and ``describe()`` (provenance)."""
+    ``fingerprint`` (identifies the weights, for the reference-feature cache), ``describe()`` (provenance) and the
+    input it takes (``image_size``, ``channels``)."""
 
     name: str
     dim: int
     fingerprint: str
+    image_size: int | None = None  # the one input size it takes (None: any, resized as needed)
+    channels: int | None = None
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(False)  # a fixed measuring instrument: never dropout or batch statistics

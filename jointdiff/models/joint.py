@@ -15,6 +15,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from jointdiff.data.semisupervised import UNLABELLED, labelled_mask, split_train_batch
 from jointdiff.diffusion.conditional import joint_conditional_sample
+from jointdiff.diffusion.ddim import RESPACED_ETA, ddim_sample, respaced_timesteps
+from jointdiff.diffusion.engine import initial_noise
 from jointdiff.diffusion.gaussian import GaussianDiffusion, eps_loss
 from jointdiff.diffusion.samplers import ddpm_sample
 from jointdiff.diffusion.schedules import BetaSchedule
@@ -36,6 +38,7 @@ from jointdiff.nn.joint import JointNetwork
 from jointdiff.tasks import Task, classification_loss
 
 NoisyClassifier = Literal["off", "replace", "add"]
+ClassifierRegime = Literal["none", "labelled", "stream", "buffer"]
 
 
 def check_classifier_args(hp) -> None:
@@ -221,43 +224,58 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
             return x_n, t_n, y
         return torch.cat([x0, x_n]), torch.cat([zeros, t_n]), torch.cat([y, y])
 
+    def classifier_regime(self, stream) -> ClassifierRegime:
+        """Which ``L_cls`` this run trains, fixed by its configuration and data: ``none`` (no head, or
+        ``skip_classifier_loss``), ``stream`` (a full labelled batch beside every batch, ``semi_supervised_mode:
+        stream``), ``buffer`` (training labels may be −1: the labelled buffer of §7) or ``labelled`` (every image
+        labelled: the term of decision D4 on the batch itself)."""
+        if not self.has_head or self.hparams.skip_classifier_loss:
+            return "none"
+        if stream is not None:
+            return "stream"
+        return "buffer" if self._may_have_unlabelled else "labelled"
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes, −1 = unlabelled.
+        """``L = L_diff + λ·L_cls`` (docs/design.md §4.1), with the ``L_cls`` of :meth:`classifier_regime`."""
+        # x0: (B, c, H, W) in [-1, 1]; y: (B,) class ids or (B, n) 0/1 attributes, −1 = unlabelled;
         # stream: the labelled stream's full batch (semi_supervised_mode=stream), else None
         (x0, y), stream = split_train_batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        classifier_term = self.has_head and not self.hparams.skip_classifier_loss
-        labelled = labelled_mask(y) if classifier_term and self._may_have_unlabelled and stream is None else None
-        fully_labelled = stream is None and (labelled is None or bool(labelled.all()))
-        z_t = None  # pooled encoder features of x_t, when the classifier term reuses the diffusion pass
-        if classifier_term and fully_labelled and self.hparams.share_encoder_pass:
-            eps, z_t = self.network.denoise_with_features(x_t, t)
+        regime = self.classifier_regime(stream)
+        labelled = labelled_mask(y) if regime == "buffer" else None
+        if labelled is not None and bool(labelled.all()):
+            regime = "labelled"  # a fully labelled batch of a partly labelled run takes the fully labelled term
+        if regime == "labelled" and self.hparams.share_encoder_pass:
+            eps, z_t = self.network.denoise_with_features(x_t, t)  # z_t: pooled encoder features of x_t
         else:
-            eps = self.network(x_t, t)
+            eps, z_t = self.network(x_t, t), None
         loss_diff = eps_loss(eps, noise)
-        loss = loss_diff
+        match regime:
+            case "none":
+                loss_cls, counted = None, False
+            case "labelled":
+                loss_cls, counted = self.labelled_classifier_loss(x0, x_t, t, noise, y, z_t), True
+            case "stream":
+                loss_cls, counted = self.stream_classifier_loss(*stream), True
+            case "buffer":
+                loss_cls, counted = self.buffered_classifier_loss(x0, y, labelled)
+        loss = loss_diff if loss_cls is None else loss_diff + self.hparams.classifier_weight * loss_cls
         self.log("train/diffusion_loss", loss_diff, prog_bar=True)
-        if classifier_term:
-            if fully_labelled:
-                loss_cls = self.labelled_classifier_loss(x0, x_t, t, noise, y, z_t)
-                released = True
-            elif stream is not None:  # the labelled stream: a full batch, the fully labelled term under D4
-                x_l, y_l = stream
-                t_l = self.diffusion.sample_timesteps(x_l.shape[0], x_l.device)
-                noise_l = torch.randn_like(x_l)
-                x_t_l = self.diffusion.q_sample(x_l, t_l, noise_l)
-                loss_cls, released = self.labelled_classifier_loss(x_l, x_t_l, t_l, noise_l, y_l), True
-            else:
-                loss_cls, released = self.buffered_classifier_loss(x0, y, labelled)
-            loss = loss + self.hparams.classifier_weight * loss_cls
-            if released:
-                self.classifier_batches += 1
+        if loss_cls is not None:
+            self.classifier_batches += counted
+            if counted:
                 self.log("train/classifier_loss", loss_cls, prog_bar=True)
             self.log("train/classifier_batches", float(self.classifier_batches))
         self.log("train/loss", loss)
         return loss
+
+    def stream_classifier_loss(self, x_l: torch.Tensor, y_l: torch.Tensor) -> torch.Tensor:
+        """``L_cls`` of the labelled stream's batch: the fully labelled term under D4, with its own steps and noise."""
+        t_l = self.diffusion.sample_timesteps(x_l.shape[0], x_l.device)
+        noise_l = torch.randn_like(x_l)
+        return self.labelled_classifier_loss(x_l, self.diffusion.q_sample(x_l, t_l, noise_l), t_l, noise_l, y_l)
 
     def labelled_classifier_loss(self, x0, x_t, t, noise, y, z_t: torch.Tensor | None = None) -> torch.Tensor:
         """``L_cls`` of a fully labelled batch under decision D4. ``z_t``: the pooled features of ``(x_t, t)`` from
@@ -324,27 +342,34 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
     @torch.no_grad()
     def sample(
         self, num: int, generator: torch.Generator | None = None, use_ema: bool = True, progress: bool = False,
-        clip_denoised: bool = False,
+        clip_denoised: bool = False, steps: int | None = None, eta: float = RESPACED_ETA,
     ) -> torch.Tensor:
-        """Unconditional ancestral samples, (num, c, H, W) floats. ``clip_denoised=False`` is the reference's sampler
-        (x̂0 not clamped; an under-trained model's samples can leave [-1, 1] far behind)."""
+        """Unconditional samples, (num, c, H, W) floats: all T ancestral steps, or η-DDIM on ``steps`` respaced
+        steps. ``clip_denoised=False`` is the reference's sampler (x̂0 not clamped; an under-trained model's samples
+        can leave [-1, 1] far behind)."""
         net = self.ema.module if use_ema else self.network
         was_training = net.training
         net.eval()
         hp = self.hparams
         shape = (num, hp.channels, hp.image_size, hp.image_size)
-        x = ddpm_sample(net, self.diffusion, shape, device=self.device, generator=generator, progress=progress,
-                        clip_denoised=clip_denoised)
+        if steps is None or steps == self.diffusion.num_steps:
+            x = ddpm_sample(net, self.diffusion, shape, device=self.device, generator=generator, progress=progress,
+                            clip_denoised=clip_denoised)
+        else:
+            x_T = initial_noise(shape, generator, self.device)
+            x = ddim_sample(net, self.diffusion, x_T, respaced_timesteps(self.diffusion.num_steps, steps), eta=eta,
+                            generator=generator, progress=progress, clip_denoised=clip_denoised)
         net.train(was_training)
         return x
 
     @torch.no_grad()
     def conditional_sample(
         self, targets: torch.Tensor, alpha: float, direction: int = 1, generator: torch.Generator | None = None,
-        use_ema: bool = True, progress: bool = False, clip_denoised: bool = False,
+        use_ema: bool = True, progress: bool = False, clip_denoised: bool = False, steps: int | None = None,
+        eta: float = RESPACED_ETA,
     ) -> torch.Tensor:
-        """Samples of ``targets`` ((B,) class ids or (B, n) attribute rows) with the joint sampler (Algorithm 1,
-        all T steps), (B, c, H, W) floats."""
+        """Samples of ``targets`` ((B,) class ids or (B, n) attribute rows) with the joint sampler (Algorithm 1),
+        (B, c, H, W) floats: all T steps, or η-DDIM on ``steps`` respaced steps (α per step as on the full grid)."""
         if not self.has_head:
             raise ValueError("conditional sampling needs a head: this model was trained with classifier_weight=0")
         net = self.ema.module if use_ema else self.network
@@ -355,12 +380,14 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
         x = joint_conditional_sample(
             net, self.diffusion, shape, targets, alpha, direction=direction, task=hp.task, device=self.device,
             generator=generator, clip_denoised=clip_denoised, progress=progress,
+            timesteps=None if steps in (None, self.diffusion.num_steps)
+            else respaced_timesteps(self.diffusion.num_steps, steps), eta=eta,
         )
         net.train(was_training)
         return x
 
     def configure_model(self) -> None:
-        """Speed options (issue 8), applied once after the model is on its device; they leave the numbers unchanged
+        """Speed options, applied once after the model is on its device; they leave the numbers unchanged
         (``tests/test_speed_equivalence.py``)."""
         if getattr(self, "_speed_options_applied", False):
             return

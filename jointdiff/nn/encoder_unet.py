@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from jointdiff.nn.layers import AttentionBlock, GroupNorm32, ResBlock, TimestepBlock, timestep_embedding
@@ -51,9 +52,9 @@ class AttentionPool2d(nn.Module):
         x = x.reshape(b, c, -1)  # (B, C, N)
         x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1) + self.positional_embedding.to(x.dtype)
         q, k, v = self.qkv_proj(x).chunk(3, dim=1)  # each (B, C, N+1), heads contiguous in C
-        q, k, v = (u.reshape(b, self.num_heads, c // self.num_heads, -1).transpose(-1, -2) for u in (q, k, v))
+        q, k, v = (rearrange(u, "b (heads d) n -> b heads n d", heads=self.num_heads) for u in (q, k, v))
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N+1, d)
-        h = h.transpose(-1, -2).reshape(b, c, -1)
+        h = rearrange(h, "b heads n d -> b (heads d) n")
         return self.c_proj(h)[:, :, 0]
 
 

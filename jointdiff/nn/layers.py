@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -109,12 +110,12 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x_flat = x.reshape(b, c, -1)  # (B, C, N) with N = H·W tokens
         qkv = self.qkv(self.norm(x_flat))  # (B, 3C, N)
-        # legacy layout: (B·heads, 3·d, N) → q, k, v each (B, heads, N, d). The copy into (3, B, heads, N, d) is
-        # what makes the fused kernels eligible: they need stride 1 on d, and a transposed view falls back to the
-        # math kernel (slower than the reference's einsum; tests/test_nn.py checks the fused path is taken).
-        qkv = qkv.reshape(b, self.num_heads, 3, c // self.num_heads, -1).permute(2, 0, 1, 4, 3).contiguous()
+        # the reference's legacy layout: channels are (heads, q|k|v, d). The copy into (3, B, heads, N, d) is what
+        # makes the fused kernels eligible: they need stride 1 on d, and a transposed view falls back to the math
+        # kernel (slower than the reference's einsum; tests/test_nn.py checks the fused path is taken).
+        qkv = rearrange(qkv, "b (heads qkv d) n -> qkv b heads n d", heads=self.num_heads, qkv=3).contiguous()
         h = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, d)
-        h = h.transpose(-1, -2).reshape(b, c, -1)
+        h = rearrange(h, "b heads n d -> b (heads d) n")
         return (x_flat + self.proj_out(h)).reshape(b, c, *spatial)
 
 

@@ -9,11 +9,13 @@ import csv
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from jointdiff.data.base import ImageDataModule
 from jointdiff.diffusion.conditional import RespacedAlpha
+from jointdiff.diffusion.ddim import RESPACED_ETA, SWEEP_STEPS
 from jointdiff.files import atomic_write_json
 from jointdiff.images import save_grid
 from jointdiff.sampling.files import write_samples
@@ -184,6 +186,9 @@ def alpha_sweep(
     devices: int = 1,
     num_nodes: int = 1,
     progress: bool = True,
+    steps: int | Literal["all"] = SWEEP_STEPS,
+    eta: float = RESPACED_ETA,
+    clip_denoised: bool = False,
 ) -> list[dict]:
     """Sweep the joint sampler's α (default D10's list plus α=0, the unconditional chains).
 
@@ -206,6 +211,10 @@ def alpha_sweep(
         devices, num_nodes: processes that share the samples of every α (Lightning Fabric, DDP; under SLURM one
             task per device); the rows are the same for any number of processes.
         progress: progress bars.
+        steps: respaced steps of the joint sampler (η-DDIM, α per step as on the full grid; the default is the
+            validated one, docs/sampling.md), or ``all`` for the full ancestral chain of T steps.
+        eta: DDIM η on a respaced grid.
+        clip_denoised: clamp x̂0 to [-1, 1] at every step (the reference does not).
     """
     from jointdiff.sampling.loading import judge_logits_fn
 
@@ -235,12 +244,15 @@ def alpha_sweep(
         real = batched(feature_fn, real_images)
     rows = run_alpha_sweep(model, alphas, classes, num_per_class, judge=judge_fn, features=feature_fn,
                            real_features=real, direction=direction, seed=seed, batch_size=batch_size,
-                           weights=weights, grids=Path(output) / "grids", progress=progress, fabric=fabric)
+                           weights=weights, grids=Path(output) / "grids", progress=progress, fabric=fabric,
+                           steps=None if steps == "all" else steps, eta=eta, clip_denoised=clip_denoised)
     if fabric is not None and not fabric.is_global_zero:
         return rows
     meta = {"checkpoint": checkpoint, "judge": judge, "features": extractor_info, "num_real": None if real is None
             else len(real), "classes": classes, "num_per_class": num_per_class, "seed": seed,
-            "direction": direction, "diffusion_steps": model.diffusion.num_steps}
+            "direction": direction, "diffusion_steps": model.diffusion.num_steps,
+            "steps": model.diffusion.num_steps if steps == "all" else steps,
+            "eta": None if steps == "all" else eta, "clip_denoised": clip_denoised}
     paths = write_sweep(rows, Path(output), meta)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return rows

@@ -240,7 +240,7 @@ def run_counterfactual(
         flip_attribute: multi-label models: the attribute to flip (the others keep the image's true values).
         alpha: step size of the conditional sampler (D18: start at 200), or one value per step.
         direction: +1 (reference, D11) or -1.
-        seed: image k's forward and step noise come from its own generator seeded by (seed, k): paired,
+        seed: image k's forward and step noise come from its own stream keyed by (seed, k): paired,
             reproducible figures, the same for any number of processes.
         weights: ema | raw | model (the checkpoint's eval_weights).
         judge: an independent classifier checkpoint whose probabilities are also reported.

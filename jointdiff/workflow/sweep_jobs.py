@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from jointdiff.data.base import ImageDataModule
+from jointdiff.diffusion.ddim import RESPACED_ETA, SWEEP_STEPS
 from jointdiff.runs import RUN_DIR_ENV, check_safe_name
 from jointdiff.workflow.launch import SLURM_ARRAY_TEMPLATE, Job, run_locally, write_slurm_array
 from jointdiff.workflow.sweeps import expand as expand_sweep
@@ -98,6 +100,8 @@ def alpha(
     output: str | None = None,
     project: str = "jointdiff",
     wandb: bool = True,
+    steps: int | Literal["all"] = SWEEP_STEPS,
+    eta: float = RESPACED_ETA,
 ) -> dict:
     """One run of an α sweep (experiments/sweeps/alpha.yaml): ``jointdiff alpha-sweep`` at a single α, its row
     (FID, PRD precision/recall, class hit rates) logged to a W&B run. α is a sampling parameter, not a training one,
@@ -107,7 +111,7 @@ def alpha(
         checkpoint: a JointDiffusion trained with noisy classifiers (configs/paper/models/joint_noisy.yaml).
         alpha: the joint sampler's step size α.
         num_per_class, classes, judge, features, data, split, max_real, direction, seed, batch_size, weights,
-            device: as ``jointdiff alpha-sweep``.
+            device, steps, eta: as ``jointdiff alpha-sweep`` (``--steps all``: the full chain).
         output: folder of the results (default ``$JOINTDIFF_RUN_DIR``, else ``runs/sweeps/alpha/alpha_<α>``).
         project: W&B project (the agent's own project and run id take precedence).
         wandb: log the row to W&B (offline with ``WANDB_MODE=offline``).
@@ -120,13 +124,14 @@ def alpha(
     (row,) = alpha_sweep(checkpoint=checkpoint, output=str(folder), alphas=[alpha], num_per_class=num_per_class,
                          classes=classes, judge=judge, features=features, data=data, split=split, max_real=max_real,
                          direction=direction, seed=seed, batch_size=batch_size, weights=weights, device=device,
-                         progress=True)
+                         progress=True, steps=steps, eta=eta)
     if wandb:
         import wandb as wb
 
         run = wb.init(project=project, dir=str(folder), group=os.environ.get("WANDB_RUN_GROUP"),
                       config={"checkpoint": checkpoint, "alpha": alpha, "num_per_class": num_per_class,
-                              "features": features, "judge": judge, "direction": direction, "seed": seed})
+                              "features": features, "judge": judge, "direction": direction, "seed": seed,
+                              "steps": steps, "eta": eta})
         run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
         grids = sorted((folder / "grids").glob("*.png"))
         if grids:

@@ -1,27 +1,27 @@
-"""Fashion-MNIST at quick (CPU) scale: stand-alone classifier vs frozen-DDPM probe vs joint model at equal steps,
+"""Fashion-MNIST at CPU scale: stand-alone classifier vs frozen-DDPM probe vs joint model at equal steps,
 and PDAE's reconstruction against the plain DPM's DDIM inversion, plus the linear probe of PDAE's z.
 
 Runs, one at a time (each skipped when its result file already exists, so the script resumes):
 
-1. ``jointdiff fit -c configs/fashion_mnist/ddpm_quick.yaml``        the DDPM (pre-trained model of 3 and 4)
-2. ``jointdiff fit -c configs/fashion_mnist/classifier_quick.yaml``  stand-alone classifier (600 steps)
-3. ``jointdiff fit -c configs/fashion_mnist/probe_quick.yaml``       head on the frozen DDPM encoder (600 steps)
-4. ``jointdiff fit -c configs/fashion_mnist/quick.yaml``             joint model (600 steps)
-5. ``jointdiff fit -c configs/fashion_mnist/pdae_quick.yaml``        PDAE on the DDPM (600 steps)
+1. ``jointdiff fit -c experiments/evidence/configs/fmnist_ddpm.yaml``        the DDPM (pre-trained model of 3 and 4)
+2. ``jointdiff fit -c experiments/evidence/configs/fmnist_classifier.yaml``  stand-alone classifier (600 steps)
+3. ``jointdiff fit -c experiments/evidence/configs/fmnist_probe.yaml``       head on the frozen DDPM encoder (600 steps)
+4. ``jointdiff fit -c configs/demo.yaml``             joint model (600 steps)
+5. ``jointdiff fit -c experiments/evidence/configs/fmnist_pdae.yaml``        PDAE on the DDPM (600 steps)
 6. ``jointdiff reconstruct``  PDAE vs DDIM inversion-reconstruction on ``--rec_images`` test images
 7. ``jointdiff manipulate``   linear probe of z (3 seeds) and a class edit
 
-The classifier, probe and joint fits log under ``runs/fashion_mnist/cmp_<config>/`` (their own logger name, so
+The classifier, probe and joint fits log under ``runs/evidence/cmp_<config>/`` (their own logger name, so
 other runs of the same config do not mix in); the DDPM and PDAE keep their configs' names, whose checkpoints have
 fixed paths. Then prints a markdown table of the numbers.
 
-Since issue 13 the joint model here is the main job (``quick.yaml``: C=16, 1000 steps), so the three fits are no
-longer at equal architecture and steps; the script is kept for the issue-3 numbers of ``docs/results.md``. The
+The joint model here is the demo's (``configs/demo.yaml``: C=16, 1000 steps), so the three fits are not at equal
+architecture and steps; the script reproduces the earliest CPU comparison of ``docs/results.md``. The
 equal-footing comparison (same encoder and head, same labelled batches and steps, three seeds) is
 ``experiments/evidence/cpu_evidence.py --parts semi``.
 
     JOINTDIFF_DATA_ROOT=../shared/data OMP_NUM_THREADS=1 nice -n 10 \
-        python experiments/evidence/fmnist_comparison_quick.py
+        python experiments/evidence/fmnist_comparison.py
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ import sys
 from pathlib import Path
 
 JOINTDIFF = [sys.executable, "-m", "jointdiff.cli"]
-RUNS = Path("runs/fashion_mnist")
-DDPM_CKPT = RUNS / "ddpm_quick/checkpoints/last.ckpt"  # fixed dirpath in ddpm_quick.yaml
-PDAE_CKPT = RUNS / "pdae_quick/checkpoints/last.ckpt"  # fixed dirpath in pdae_quick.yaml
+RUNS = Path("runs/evidence")
+CONFIGS = "experiments/evidence/configs"
+DDPM_CKPT = RUNS / "fmnist_ddpm/checkpoints/last.ckpt"  # fixed dirpath in fmnist_ddpm.yaml
+PDAE_CKPT = RUNS / "fmnist_pdae/checkpoints/last.ckpt"  # fixed dirpath in fmnist_pdae.yaml
 
 
 def metrics_of(name: str) -> dict | None:
@@ -48,13 +49,15 @@ def metrics_of(name: str) -> dict | None:
 
 
 def fit(config: str, extra: list[str] = (), own_name: bool = True) -> dict:
-    """``own_name=False`` keeps the config's logger name (the DDPM and PDAE, whose checkpoints have fixed paths)."""
-    name = f"cmp_{config}" if own_name else config
+    """Fit the YAML file ``config`` unless done. ``own_name=False`` keeps the config's logger name (the DDPM and PDAE,
+    whose checkpoints have fixed paths)."""
+    stem = Path(config).stem
+    name = f"cmp_{stem}" if own_name else stem
     done = metrics_of(name)
     if done is None:
-        cmd = [*JOINTDIFF, "fit", "-c", f"configs/fashion_mnist/{config}.yaml", *extra]
+        cmd = [*JOINTDIFF, "fit", "-c", config, *extra]
         if own_name:
-            cmd += ["--trainer.logger.init_args.name", name]
+            cmd += ["--trainer.logger.init_args.save_dir", str(RUNS), "--trainer.logger.init_args.name", name]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         done = metrics_of(name)
@@ -65,15 +68,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rec_images", type=int, default=200)
     ap.add_argument("--ddim_steps", type=int, default=50)
-    ap.add_argument("--out", default="runs/fashion_mnist/cmp_pdae_eval")
+    ap.add_argument("--out", default="runs/evidence/cmp_pdae_eval")
     args = ap.parse_args()
     out = Path(args.out)
 
-    ddpm = fit("ddpm_quick", own_name=False)
-    clf = fit("classifier_quick")
-    probe = fit("probe_quick", ["--model.init_args.checkpoint", str(DDPM_CKPT)])
-    joint = fit("quick")
-    pdae = fit("pdae_quick", ["--model.init_args.pretrained", str(DDPM_CKPT)], own_name=False)
+    ddpm = fit(f"{CONFIGS}/fmnist_ddpm.yaml", own_name=False)
+    clf = fit(f"{CONFIGS}/fmnist_classifier.yaml")
+    probe = fit(f"{CONFIGS}/fmnist_probe.yaml", ["--model.init_args.checkpoint", str(DDPM_CKPT)])
+    joint = fit("configs/demo.yaml")
+    pdae = fit(f"{CONFIGS}/fmnist_pdae.yaml", ["--model.init_args.pretrained", str(DDPM_CKPT)], own_name=False)
 
     steps = ["--inversion_steps", str(args.ddim_steps), "--decode_steps", str(args.ddim_steps)]
     common = ["--checkpoint", str(PDAE_CKPT), "--data", "FashionMNISTDataModule", *steps]

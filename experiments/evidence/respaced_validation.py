@@ -1,0 +1,159 @@
+"""The designed validation of the respaced joint sampler (docs/sampling.md, "Respaced joint sampling: the designed
+validation"): on the demo's checkpoint, the judge's hit rate, Fréchet distance and precision/recall of the joint
+sampler for every (seed, steps, η, α rule) cell of the design, against the full chain of the same seed and α.
+
+    JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/respaced_validation.py \\
+        --checkpoint runs/demo/version_0/checkpoints/last.ckpt --seeds 0 1 2
+    python experiments/evidence/respaced_validation.py --table      # the summary table into docs/sampling.md
+
+One result file per cell under ``experiments/evidence/results/respaced_validation/`` (a finished cell is skipped, so
+the run resumes and can be split over processes with ``--seeds``). The judge is the LeNet-5 of ``judge.py``, trained
+once (2 epochs, seed 0) and shared by every cell through ``<work>/judge.pt``; its 84-d features score 2,000 test
+images. Every α of a cell starts from the same per-sample seeds (paired chains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from judge import LeNet5, as_saved, train_judge
+
+from jointdiff.data import FashionMNISTDataModule
+from jointdiff.files import atomic_write_json
+from jointdiff.sampling.alpha_sweep import run_alpha_sweep
+from jointdiff.sampling.loading import load_diffusion_model
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "evidence" / "results" / "respaced_validation"
+ALPHAS = (0, 50, 100, 200, 500)
+# (steps, η, α rule); steps None = the full chain (ancestral, all T steps)
+CELLS = [(None, None, None)] + [(n, eta, "same") for n in (25, 50, 100) for eta in (0.0, 0.5, 1.0)] \
+    + [(50, 1.0, "stride")]
+NUM_PER_CLASS, NUM_REAL, JUDGE_EPOCHS, JUDGE_SEED = 20, 2000, 2, 0
+
+
+def cell_name(seed: int, steps: int | None, eta: float | None, rule: str | None) -> str:
+    return f"seed{seed}_all" if steps is None else f"seed{seed}_steps{steps}_eta{eta:g}_{rule}"
+
+
+def judge_of(data, work: Path) -> tuple[torch.nn.Module, float]:
+    """The shared judge: trained once, then loaded by every process."""
+    path = work / "judge.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        judge = LeNet5()
+        judge.load_state_dict(saved["state_dict"])
+        return judge.eval(), float(saved["test_accuracy"])
+    judge, acc = train_judge(data, JUDGE_EPOCHS, JUDGE_SEED)
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": judge.state_dict(), "test_accuracy": acc}, tmp)
+    tmp.replace(path)
+    return judge, acc
+
+
+def run(checkpoint: str, seeds: list[int], work: Path, batch_size: int) -> None:
+    data = FashionMNISTDataModule()
+    data.setup("fit")
+    data.setup("test")
+    judge, judge_acc = judge_of(data, work)
+    print(f"judge: LeNet-5, test accuracy {judge_acc:.4f}", flush=True)
+    real, _ = data.test_set.__getitems__(list(range(NUM_REAL)))
+    with torch.no_grad():
+        real_features = judge.features(as_saved(real))
+    model = load_diffusion_model(checkpoint)
+    classes = list(range(model.hparams.num_classes))
+    for seed in seeds:
+        for steps, eta, rule in CELLS:
+            out = RESULTS / f"{cell_name(seed, steps, eta, rule)}.json"
+            if out.is_file():
+                continue
+            began = time.perf_counter()
+            print(f"cell {out.stem}", flush=True)
+            alphas = [a for a in ALPHAS if rule != "stride" or a > 0]  # α = 0 is the same for both rules
+            rows = run_alpha_sweep(
+                model, alphas, classes, NUM_PER_CLASS, judge=lambda x: judge(as_saved(x)),
+                features=lambda x: judge.features(as_saved(x)), real_features=real_features, seed=seed,
+                batch_size=batch_size, clip_denoised=True, steps=steps, eta=0.0 if eta is None else eta,
+                respaced_alpha=rule or "same",
+            )
+            atomic_write_json({
+                "checkpoint": checkpoint, "seed": seed, "steps": steps or model.diffusion.num_steps,
+                "eta": eta, "respaced_alpha": rule, "num_per_class": NUM_PER_CLASS, "clip_denoised": True,
+                "judge": "LeNet-5 (experiments/evidence/judge.py)", "judge_test_accuracy": judge_acc,
+                "num_real": NUM_REAL, "threads": torch.get_num_threads(),
+                "seconds": time.perf_counter() - began, "rows": rows,
+            }, out)
+
+
+def table() -> str:
+    """Mean ± standard deviation over seeds per (sampler, α), with the gap to the full chain of the same seeds."""
+    cells: dict[tuple, dict[float, list[dict]]] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        full = data["eta"] is None
+        key = ("all", None, None) if full else (data["steps"], data["eta"], data["respaced_alpha"])
+        for r in data["rows"]:
+            cells.setdefault(key, {}).setdefault(r["alpha"], []).append({**r, "seed": data["seed"]})
+    if not cells:
+        return "(not run yet)"
+    full = cells.get(("all", None, None), {})
+
+    def stat(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+    lines = ["| steps | η | α rule | α | seeds | judge hit rate | gap to full chain | FD (judge features) | "
+             "precision | recall |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    order = sorted(cells, key=lambda k: (k[0] == "all", k[0] if k[0] != "all" else 0, k[1] or 0, k[2] or ""))
+    for key in order:
+        for alpha in sorted(cells[key]):
+            rows = cells[key][alpha]
+            ref = {r["seed"]: r["judge_hit_rate"] for r in full.get(alpha, [])}
+            gaps = [r["judge_hit_rate"] - ref[r["seed"]] for r in rows if r["seed"] in ref]
+            gap = stat(gaps) if gaps and key[0] != "all" else "–"
+            steps, eta, rule = key
+            lines.append(f"| {steps} | {'–' if eta is None else f'{eta:g}'} | {rule or '–'} | {alpha:g} | "
+                         f"{len(rows)} | {stat([r['judge_hit_rate'] for r in rows])} | {gap} | "
+                         f"{statistics.mean(r['fid'] for r in rows):.1f} | "
+                         f"{statistics.mean(r['precision'] for r in rows):.3f} | "
+                         f"{statistics.mean(r['recall'] for r in rows):.3f} |")
+    return "\n".join(lines)
+
+
+def render(text: str) -> None:
+    """Replace the ``<!-- evidence:respaced_validation -->`` block of docs/sampling.md with ``text``."""
+    path = REPO / "docs" / "sampling.md"
+    doc = path.read_text()
+    begin, end = "<!-- evidence:respaced_validation -->", "<!-- /evidence:respaced_validation -->"
+    head, rest = doc.split(begin, 1)
+    path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="runs/demo/version_0/checkpoints/last.ckpt")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", default="runs/evidence/respaced_validation")
+    parser.add_argument("--batch_size", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--table", action="store_true",
+                        help="only print the summary table of the result files and write it into docs/sampling.md")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        render(table())
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args.checkpoint, args.seeds, Path(args.work), args.batch_size)
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
