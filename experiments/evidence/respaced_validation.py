@@ -9,12 +9,15 @@ sampler for every (seed, steps, η, α rule) cell of the design, against the ful
 One result file per cell under ``experiments/evidence/results/respaced_validation/`` (a finished cell is skipped, so
 the run resumes and can be split over processes with ``--seeds``). The judge is the LeNet-5 of ``judge.py``, trained
 once (2 epochs, seed 0) and shared by every cell through ``<work>/judge.pt``; its 84-d features score 2,000 test
-images. Every α of a cell starts from the same per-sample seeds (paired chains).
+images. Every α of a cell starts from the same per-sample seeds (paired chains). The judge's weights are kept beside
+the results (``judge.pt``) and every result records the checkpoint's SHA-256, so that a later process (or machine)
+continues the same experiment: it refuses a checkpoint whose hash differs from the one the finished cells used.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -31,9 +34,10 @@ from jointdiff.sampling.loading import load_diffusion_model
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "evidence" / "results" / "respaced_validation"
 ALPHAS = (0, 50, 100, 200, 500)
-# (steps, η, α rule); steps None = the full chain (ancestral, all T steps)
-CELLS = [(None, None, None)] + [(n, eta, "same") for n in (25, 50, 100) for eta in (0.0, 0.5, 1.0)] \
-    + [(50, 1.0, "stride")]
+# (steps, η, α rule); steps None = the full chain (ancestral, all T steps). Run in this order (what reading rule 2
+# needs first: the full chain and the 50-step cells), every cell for one seed before the next seed.
+CELLS = [(None, None, None)] + [(50, eta, "same") for eta in (1.0, 0.5, 0.0)] \
+    + [(n, eta, "same") for n in (25, 100) for eta in (1.0, 0.5, 0.0)] + [(50, 1.0, "stride")]
 NUM_PER_CLASS, NUM_REAL, JUDGE_EPOCHS, JUDGE_SEED = 20, 2000, 2, 0
 
 
@@ -41,27 +45,32 @@ def cell_name(seed: int, steps: int | None, eta: float | None, rule: str | None)
     return f"seed{seed}_all" if steps is None else f"seed{seed}_steps{steps}_eta{eta:g}_{rule}"
 
 
-def judge_of(data, work: Path) -> tuple[torch.nn.Module, float]:
+def judge_of(data) -> tuple[torch.nn.Module, float]:
     """The shared judge: trained once, then loaded by every process."""
-    path = work / "judge.pt"
+    path = RESULTS / "judge.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         judge = LeNet5()
         judge.load_state_dict(saved["state_dict"])
         return judge.eval(), float(saved["test_accuracy"])
     judge, acc = train_judge(data, JUDGE_EPOCHS, JUDGE_SEED)
-    work.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": judge.state_dict(), "test_accuracy": acc}, tmp)
     tmp.replace(path)
     return judge, acc
 
 
-def run(checkpoint: str, seeds: list[int], work: Path, batch_size: int) -> None:
+def run(checkpoint: str, seeds: list[int], batch_size: int) -> None:
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    used = {json.loads(p.read_text())["checkpoint_sha256"] for p in RESULTS.glob("seed*.json")}
+    if used - {digest}:
+        raise SystemExit(f"{checkpoint} (sha256 {digest[:12]}…) is not the checkpoint of the finished cells "
+                         f"({', '.join(u[:12] for u in used)}…): use that one, or move the results aside")
     data = FashionMNISTDataModule()
     data.setup("fit")
     data.setup("test")
-    judge, judge_acc = judge_of(data, work)
+    judge, judge_acc = judge_of(data)
     print(f"judge: LeNet-5, test accuracy {judge_acc:.4f}", flush=True)
     real, _ = data.test_set.__getitems__(list(range(NUM_REAL)))
     with torch.no_grad():
@@ -83,7 +92,8 @@ def run(checkpoint: str, seeds: list[int], work: Path, batch_size: int) -> None:
                 respaced_alpha=rule or "same",
             )
             atomic_write_json({
-                "checkpoint": checkpoint, "seed": seed, "steps": steps or model.diffusion.num_steps,
+                "checkpoint": checkpoint, "checkpoint_sha256": digest, "seed": seed,
+                "steps": steps or model.diffusion.num_steps,
                 "eta": eta, "respaced_alpha": rule, "num_per_class": NUM_PER_CLASS, "clip_denoised": True,
                 "judge": "LeNet-5 (experiments/evidence/judge.py)", "judge_test_accuracy": judge_acc,
                 "num_real": NUM_REAL, "threads": torch.get_num_threads(),
@@ -94,7 +104,7 @@ def run(checkpoint: str, seeds: list[int], work: Path, batch_size: int) -> None:
 def table() -> str:
     """Mean ± standard deviation over seeds per (sampler, α), with the gap to the full chain of the same seeds."""
     cells: dict[tuple, dict[float, list[dict]]] = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(RESULTS.glob("seed*.json")):
         data = json.loads(path.read_text())
         full = data["eta"] is None
         key = ("all", None, None) if full else (data["steps"], data["eta"], data["respaced_alpha"])
@@ -139,7 +149,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/demo/version_0/checkpoints/last.ckpt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--work", default="runs/evidence/respaced_validation")
     parser.add_argument("--batch_size", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--table", action="store_true",
@@ -151,7 +160,7 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.checkpoint, args.seeds, Path(args.work), args.batch_size)
+    run(args.checkpoint, args.seeds, args.batch_size)
     print(table())
 
 
