@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "alpha-sweep": "jointdiff.commands.alpha_sweep:main",
     "sweep": "jointdiff.commands.sweep:main",
     "paper": "jointdiff.commands.paper:main",
+    "adapt": "jointdiff.commands.adapt:main",
     "report": "jointdiff.commands.report:main",
     "score": "jointdiff.commands.score:main",
 }

@@ -278,7 +278,7 @@ def test_paper_command_checks_runs_and_names_missing_inputs(tmp_path):
         ["OK", "fashion_mnist/ddpm:"], ["OK", "fashion_mnist/classifier:"], ["SKIP", "fashion_mnist/probe:"]]
     assert "train fashion_mnist/ddpm first" in lines[2]
     printed = paper_command(tables=[6], only=["table6/usps_mnist/joint"], quick=True, root=str(tmp_path))
-    assert "experiments/domain_adaptation.py" in printed[1] and "configs/base/cpu_quick.yaml" in printed[1]
+    assert "jointdiff adapt" in printed[1] and "configs/base/cpu_quick.yaml" in printed[1]
 
 
 def test_print_config_of_a_composition_shows_the_resolved_values(capsys):

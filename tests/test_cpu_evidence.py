@@ -89,7 +89,7 @@ def test_semi_runs_only_the_models_asked_for_and_skips_finished_runs(evidence, t
 
 
 def test_stage2_lr_diagnostic_reads_finished_runs_and_refuses_another_rate(evidence, tmp_path, monkeypatch):
-    """The stage-2 learning-rate diagnostic runs ``domain_adaptation.py --stage2_lr`` once per pair, reads a summary
+    """The stage-2 learning-rate diagnostic runs ``jointdiff adapt --stage2_lr`` once per pair, reads a summary
     already in its run folder instead of re-running, refuses one made at another rate, and renders a row per run
     beside the same run of the ``da`` table."""
     commands = []

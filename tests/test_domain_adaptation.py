@@ -5,7 +5,6 @@ target test accuracy before and after). Data are fixture files in the real forma
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,9 +12,11 @@ import fixtures as fx  # tests/ is on sys.path (rootdir conftest, no package)
 import pytest
 import torch
 
+from jointdiff.cli import main as cli_main
 from jointdiff.data import DomainAdaptationDataModule, domain_adaptation_pair
 from jointdiff.data.semisupervised import UNLABELLED
 from jointdiff.models import JointDiffusion
+from jointdiff.workflow.domain_adaptation import run as run_adaptation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,9 +116,6 @@ def test_stage_two_continues_the_stage_one_ema(tmp_path):
 
 
 def test_two_stage_driver_end_to_end(data_root, tmp_path):
-    spec = importlib.util.spec_from_file_location("domain_adaptation", REPO / "experiments" / "domain_adaptation.py")
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
     tiny = [
         "--model.init_args.model_channels", "16", "--model.init_args.norm_groups", "8",
         "--model.init_args.num_res_blocks", "1", "--model.init_args.attention_downsample", "[]",
@@ -131,7 +129,7 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
     # the composition `jointdiff paper` runs for Table 6
     paper = ["-c", str(REPO / "configs/paper/data/da_usps_mnist.yaml"),
              "-c", str(REPO / "configs/paper/models/joint.yaml"), "--test_after_fit=false"]
-    summary = driver.run(str(REPO / "configs/base/default.yaml"), str(out), extra=paper + tiny, stage2_lr=3e-5)
+    summary = run_adaptation(str(REPO / "configs/base/default.yaml"), str(out), extra=paper + tiny, stage2_lr=3e-5)
     assert json.loads((out / "domain_adaptation.json").read_text()) == summary
     assert summary["stage1"]["steps"] == summary["stage2"]["steps"] == 3  # D15 default: as many steps as stage 1
     for key in ("test/acc", "test/acc_ema", "test/acc_raw"):
@@ -151,17 +149,111 @@ def test_two_stage_driver_end_to_end(data_root, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in head)  # frozen head: weights and BatchNorm statistics as loaded
     assert any(not torch.equal(one[k], two[k]) for k in encoder)  # the encoder adapted to the target
     assert int(one["ema._extra_state"]) == 3 and int(two["ema._extra_state"]) == 6  # one EMA over both stages
+    # the source's test accuracy beside the target's, and both again after AdaBN on stage 2's (target) images
+    for when in ("source_test_before", "source_test_after", "target_test_after_adabn", "source_test_after_adabn"):
+        assert set(summary[when]) == {"test/acc", "test/acc_ema", "test/acc_raw"}, when
+    stage2_data = DomainAdaptationDataModule("usps", "mnist", stage="target", download=False)
+    stage2_data.setup()
+    n = len(stage2_data.train_set)  # one pass over stage 2's images, in batches of 8 (the last one may be dropped)
+    assert n // 8 * 8 <= summary["adabn_images"] <= n
+
+    # the source control with route b's statistics: stage 2 on the source images, the head's BatchNorm following them
+    control = run_adaptation(str(REPO / "configs/base/default.yaml"), str(tmp_path / "control"), extra=paper + tiny,
+                             head_statistics="target", stage2_data="source", adabn=False)
+    assert control["stage2_data"] == "source" and "target_test_after_adabn" not in control
+    one = torch.load(control["stage1"]["checkpoint"], weights_only=True)["state_dict"]
+    two = torch.load(control["stage2"]["checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(one[k], two[k]) for k in head if "running" not in k and "tracked" not in k)
+    assert any(not torch.equal(one[k], two[k]) for k in head if "running_mean" in k)
 
 
 @pytest.mark.parametrize("lr", [0.0, -1e-4, float("nan")])
 def test_a_non_positive_stage2_lr_is_refused_before_stage_one(tmp_path, lr):
-    spec = importlib.util.spec_from_file_location("domain_adaptation", REPO / "experiments" / "domain_adaptation.py")
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
     with pytest.raises(ValueError, match="--stage2_lr must be a positive learning rate"):
-        driver.run(str(REPO / "experiments" / "evidence" / "configs" / "da.yaml"), str(tmp_path / "run"), stage2_lr=lr)
+        run_adaptation(str(REPO / "experiments/evidence/configs/da.yaml"), str(tmp_path / "run"), stage2_lr=lr)
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
     with pytest.raises(SystemExit) as exit_info:  # the command line: one line from argparse
-        driver.main(["--config", str(REPO / "experiments" / "evidence" / "configs" / "da.yaml"),
-                     "--stage2_lr", str(lr)])
+        cli_main(["adapt", "--config", str(REPO / "experiments/evidence/configs/da.yaml"), "--out", str(tmp_path),
+                  "--stage2_lr", str(lr)])
     assert exit_info.value.code == 2
+
+
+def test_the_source_control_trains_on_unlabelled_source_images_and_can_test_on_the_source(data_root):
+    src, tgt = domain_adaptation_pair("usps", "mnist", download=False)
+    src.setup(), tgt.setup()
+    control = DomainAdaptationDataModule("usps", "mnist", stage="source_unlabelled", download=False)
+    on_source = DomainAdaptationDataModule("usps", "mnist", stage="source", test_domain="source", download=False)
+    control.setup(), on_source.setup()
+    assert torch.equal(control.train_set.images, src.train_set.images)
+    assert bool((control.train_set.targets == UNLABELLED).all())  # no label reaches a loss
+    assert torch.equal(control.val_set.images, tgt.val_set.images)  # monitoring stays on the target
+    assert torch.equal(control.test_set.images, tgt.test_set.images)
+    assert torch.equal(on_source.test_set.images, src.test_set.images)
+    assert torch.equal(on_source.test_set.targets, src.test_set.targets)
+    with pytest.raises(ValueError, match="stage must be"):
+        DomainAdaptationDataModule("usps", "mnist", stage="both", download=False)
+
+
+F32 = dict(rtol=1e-5, atol=1e-6)  # the running statistics are float32; the hand computation float64
+HEAD_TINY = dict(image_size=8, channels=1, num_classes=3, model_channels=16, norm_groups=8, channel_mult=[1, 2],
+                 num_res_blocks=1, attention_downsample=[], diffusion_steps=10, dropout=0.0, head_dropout=0.0,
+                 classifier_augmentation="off")
+
+
+def _head_input(net, x: torch.Tensor) -> torch.Tensor:
+    """[z, t=0]: what the head's first BatchNorm normalises (its Dropout is 0 here)."""
+    from jointdiff.nn.heads import pooled_features
+
+    t0 = torch.zeros(len(x), dtype=torch.long)
+    return torch.cat([pooled_features(*net.unet.encode(x, t0)), t0[:, None].float()], dim=1)
+
+
+@pytest.mark.parametrize("statistics", ["frozen", "target"])
+def test_stage_two_head_statistics_follow_the_setting(statistics):
+    torch.manual_seed(0)
+    model = JointDiffusion(skip_classifier_loss=True, head_statistics=statistics, **HEAD_TINY).train()
+    bn = model.network.head.layers[1]
+    with torch.no_grad():  # loaded statistics that differ from a fresh layer's
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
+    x = torch.rand(6, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        f = _head_input(model.network, x).double()
+    model.training_step((x, torch.full((6,), UNLABELLED)), 0)
+    if statistics == "frozen":  # the head never ran
+        assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
+    else:  # one BatchNorm update with this batch's mean and unbiased variance (momentum 0.1)
+        m = bn.momentum
+        torch.testing.assert_close(bn.running_mean.double(), (1 - m) * mean0.double() + m * f.mean(0), **F32)
+        want_var = (1 - m) * var0.double() + m * f.var(0, unbiased=True)
+        torch.testing.assert_close(bn.running_var.double(), want_var, **F32)
+    assert not any(p.requires_grad for p in model.network.head.parameters())
+    with pytest.raises(ValueError, match="set skip_classifier_loss=true"):
+        JointDiffusion(head_statistics="target", **HEAD_TINY)
+
+
+def test_adabn_replaces_the_head_statistics_by_their_average_over_the_images():
+    from jointdiff.models.head_statistics import head_batchnorms, reestimate_head_statistics
+
+    torch.manual_seed(1)
+    net = JointDiffusion(**{**HEAD_TINY, "head_dropout": 0.5}).network.train()
+    weights = {k: v.clone() for k, v in net.head.state_dict().items() if "running" not in k and "tracked" not in k}
+    batches = [torch.rand(5, 1, 8, 8) * 2 - 1, torch.rand(7, 1, 8, 8) * 2 - 1]
+    assert reestimate_head_statistics(net, batches) == 12
+    bn1, bn2 = head_batchnorms(net)
+    linear, act = net.head.layers[2], net.head.layers[3]
+    with torch.no_grad():  # by hand, in float64: each layer's statistics are the mean of its per-batch statistics
+        feats = [_head_input(net, x).double() for x in batches]
+        torch.testing.assert_close(bn1.running_mean.double(), torch.stack([f.mean(0) for f in feats]).mean(0), **F32)
+        torch.testing.assert_close(bn1.running_var.double(), torch.stack([f.var(0) for f in feats]).mean(0), **F32)
+        hidden = []
+        for f in feats:  # BatchNorm normalises with the batch's own (biased) statistics in train mode
+            y = (f - f.mean(0)) / torch.sqrt(f.var(0, unbiased=False) + bn1.eps) * bn1.weight.double() \
+                + bn1.bias.double()
+            hidden.append(act(y @ linear.weight.double().T + linear.bias.double()))  # dropout is off
+        want_mean = torch.stack([h.mean(0) for h in hidden]).mean(0)
+        torch.testing.assert_close(bn2.running_mean.double(), want_mean, **F32)
+        torch.testing.assert_close(bn2.running_var.double(), torch.stack([h.var(0) for h in hidden]).mean(0), **F32)
+    assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in weights.items())  # weights untouched
+    assert net.training and bn1.momentum == 0.1  # modes and momentum restored

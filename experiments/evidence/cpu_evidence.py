@@ -19,11 +19,11 @@ The design of each experiment is fixed in its config and here, before any number
   batch every step), 1000 steps (cut from 2000 before any run, so that the three parts fit one working session on
   2 cores), test accuracy of the EMA weights on the full 10k test split at steps 250, 500, 750 and 1000
   (checkpoints; nothing is selected). ``--seeds``, ``--budgets`` and ``--models`` split it between processes.
-- **da**: USPS→MNIST and MNIST→USPS, seeds 0 and 1, stage 1 and stage 2 of ``experiments/domain_adaptation.py``
+- **da**: USPS→MNIST and MNIST→USPS, seeds 0 and 1, stage 1 and stage 2 of ``jointdiff adapt``
   with ``experiments/evidence/configs/da.yaml``; target test accuracy before and after, raw and EMA, and the source test
   accuracy of stage 1; beside it the source-only stand-alone classifier (``da_classifier.yaml``, same steps).
 - **da_stage2_lr** (a diagnostic of the da reading): as **da**, seed 0, with stage 2 at lr 1e-4 instead of 1e-3
-  (``domain_adaptation.py --stage2_lr``), without the source-only classifier.
+  (``jointdiff adapt --stage2_lr``), without the source-only classifier.
 - **alpha**: ``experiments/evidence/alpha_sweep_fmnist.py`` on the demo's checkpoint (``--checkpoint``), α in
   {0, 50, 100, 200, 500, 1000} with direction +1 and {200, 1000} with −1, 20 samples per class, x̂0 clamped as in
   the demo's grids (unclamped, its samples saturate: docs/results.md), an independent LeNet-5 judge (2 epochs),
@@ -164,12 +164,11 @@ def unfinished_da_runs(part: str, seeds: list[int]):
 
 def two_stages(folder: Path, source: str, target: str, seed: int,
                stage2_lr: float | None = None) -> tuple[dict, list[str]]:
-    """Both stages of ``experiments/domain_adaptation.py`` on ``experiments/evidence/configs/da.yaml`` (read, not
+    """Both stages of ``jointdiff adapt`` on ``experiments/evidence/configs/da.yaml`` (read, not
     re-run, when ``folder`` already holds their summary); returns the summary and the arguments given to both stages."""
     extra = ["--seed_everything", str(seed), "--data.init_args.source", source, "--data.init_args.target", target]
     if not (folder / "domain_adaptation.json").is_file():
-        run([sys.executable, str(REPO / "experiments" / "domain_adaptation.py"),
-             "--config", "experiments/evidence/configs/da.yaml",
+        run([*JOINTDIFF, "adapt", "--config", "experiments/evidence/configs/da.yaml",
              *(["--stage2_lr", str(stage2_lr)] if stage2_lr is not None else []), "--out", str(folder), "--",
              *extra])
     return json.loads((folder / "domain_adaptation.json").read_text()), extra

@@ -6,11 +6,14 @@
 
 - ``stage: source`` (stage 1, joint training): train = the labelled source training part;
 - ``stage: target`` (stage 2, diffusion only): train = the target training part with every label hidden (−1),
-  so no target label can reach a loss even if ``skip_classifier_loss`` were forgotten.
+  so no target label can reach a loss even if ``skip_classifier_loss`` were forgotten;
+- ``stage: source_unlabelled`` (the source control of stage 2): train = the source training part, labels hidden,
+  so that a drop caused by stage 2's regime shows apart from one caused by the domain.
 
-In both stages ``val`` is the held-out part of the *target* training split (monitoring the adaptation curve,
+In every stage ``val`` is the held-out part of the *target* training split (monitoring the adaptation curve,
 decision D15; never used to select a checkpoint) and ``test`` is the target's official test split, the number
-reported. The run itself (stage 1, stage 2, accuracy before/after) is ``experiments/domain_adaptation.py``.
+reported (``test_domain: source``: the source's, for the source accuracy). The run itself (stage 1, stage 2,
+accuracy before/after) is :mod:`jointdiff.workflow.domain_adaptation` (``jointdiff adapt``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class DomainAdaptationDataModule(ImageDataModule):
         self,
         source: Domain = "usps",
         target: Domain = "mnist",
-        stage: Literal["source", "target"] = "source",
+        stage: Literal["source", "target", "source_unlabelled"] = "source",
         source_root: str | None = None,
         target_root: str | None = None,
         batch_size: int = 128,
@@ -77,28 +80,31 @@ class DomainAdaptationDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         download: bool = True,
+        test_domain: Literal["target", "source"] = "target",
     ):
         super().__init__(None, batch_size, eval_batch_size, num_workers, val_fraction, split_seed, download)
-        if stage not in ("source", "target"):
-            raise ValueError(f"stage must be 'source' or 'target', got {stage!r}")
-        self.source, self.target, self.stage = source, target, stage
+        if stage not in ("source", "target", "source_unlabelled"):
+            raise ValueError(f"stage must be 'source', 'target' or 'source_unlabelled', got {stage!r}")
+        if test_domain not in ("target", "source"):
+            raise ValueError(f"test_domain must be 'target' or 'source', got {test_domain!r}")
+        self.source, self.target, self.stage, self.test_domain = source, target, stage, test_domain
         self.source_module, self.target_module = domain_adaptation_pair(
             source, target, source_root, target_root, batch_size=batch_size, val_fraction=val_fraction,
             split_seed=split_seed, download=download,
         )
-        self.name = f"{source}→{target} ({stage})"
+        self.name = f"{source}→{target} ({stage}, test on {test_domain})"
         self.image_size = self.target_module.image_size
         self.channels = self.target_module.channels
         self.num_classes = self.target_module.num_classes
 
     def load_splits(self) -> Splits:
-        tgt = self.target_module
+        tgt, src = self.target_module, self.source_module
         tgt.setup()
-        if self.stage == "source":
-            src = self.source_module
+        if self.stage != "target" or self.test_domain == "source":
             src.setup()
+        if self.stage == "source":
             train = src.train_set
         else:
-            train = ImageTensorDataset(tgt.train_set.images, tgt.train_set.targets.new_full(
-                tgt.train_set.targets.shape, UNLABELLED))
-        return Splits(train, tgt.val_set, tgt.test_set)
+            images = (tgt if self.stage == "target" else src).train_set
+            train = ImageTensorDataset(images.images, images.targets.new_full(images.targets.shape, UNLABELLED))
+        return Splits(train, tgt.val_set, (src if self.test_domain == "source" else tgt).test_set)

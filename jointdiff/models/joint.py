@@ -38,7 +38,8 @@ from jointdiff.nn.joint import JointNetwork
 from jointdiff.tasks import Task, classification_loss
 
 NoisyClassifier = Literal["off", "replace", "add"]
-ClassifierRegime = Literal["none", "labelled", "stream", "buffer"]
+ClassifierRegime = Literal["none", "statistics", "labelled", "stream", "buffer"]
+HeadStatistics = Literal["frozen", "target"]
 
 
 def check_classifier_args(hp) -> None:
@@ -91,6 +92,11 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
         skip_classifier_loss: drop ``L_cls`` while keeping (and evaluating) the head, whose parameters are frozen
             and never run in training, so its BatchNorm statistics stay as loaded: domain-adaptation stage 2
             (docs/design.md §8, the reference's ``skip_classifier_loss``).
+        head_statistics: with ``skip_classifier_loss``, what the frozen head's BatchNorm statistics follow in
+            training. ``frozen``: nothing (the head never runs; route a of the reference, ``skip_classifier_loss``).
+            ``target``: the training images — the head runs in train mode on every (augmented) batch at step 0 with
+            no loss and no gradient, as the reference's ``labelled_data_share=0`` makes it (route b). AdaBN after
+            training is :func:`jointdiff.models.head_statistics.reestimate_head_statistics`.
         init_from: a jointdiff checkpoint whose ``network`` and ``ema`` weights initialise this model when it is
             set up (once), e.g. stage 1 of a domain-adaptation run. The architecture must match exactly.
             A ``--ckpt_path`` resume still overrides it.
@@ -142,6 +148,7 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
         ema_decay: float = 0.9999,
         eval_weights: Literal["ema", "raw"] = "ema",
         skip_classifier_loss: bool = False,
+        head_statistics: HeadStatistics = "frozen",
         init_from: str | None = None,
         compile: bool = False,
         channels_last: bool = False,
@@ -151,6 +158,10 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
         self.save_hyperparameters()
         check_optimizer_args(lr, weight_decay)
         check_classifier_args(self.hparams)
+        if head_statistics not in ("frozen", "target"):
+            raise ValueError(f"head_statistics must be frozen or target, got {head_statistics!r}")
+        if head_statistics == "target" and not skip_classifier_loss:
+            raise ValueError("head_statistics=target applies to a frozen head: set skip_classifier_loss=true")
         if noisy_timesteps is not None:
             self.register_buffer("noisy_steps", torch.tensor(list(noisy_timesteps)), persistent=False)
         self.has_head = classifier_weight > 0
@@ -226,11 +237,14 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
 
     def classifier_regime(self, stream) -> ClassifierRegime:
         """Which ``L_cls`` this run trains, fixed by its configuration and data: ``none`` (no head, or
-        ``skip_classifier_loss``), ``stream`` (a full labelled batch beside every batch, ``semi_supervised_mode:
-        stream``), ``buffer`` (training labels may be −1: the labelled buffer of §7) or ``labelled`` (every image
-        labelled: the term of decision D4 on the batch itself)."""
-        if not self.has_head or self.hparams.skip_classifier_loss:
+        ``skip_classifier_loss``), ``statistics`` (``skip_classifier_loss`` with ``head_statistics=target``: no
+        loss, the head's BatchNorm statistics follow the batches), ``stream`` (a full labelled batch beside every
+        batch, ``semi_supervised_mode: stream``), ``buffer`` (training labels may be −1: the labelled buffer of §7)
+        or ``labelled`` (every image labelled: the term of decision D4 on the batch itself)."""
+        if not self.has_head:
             return "none"
+        if self.hparams.skip_classifier_loss:
+            return "statistics" if self.hparams.head_statistics == "target" else "none"
         if stream is not None:
             return "stream"
         return "buffer" if self._may_have_unlabelled else "labelled"
@@ -255,6 +269,8 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
         match regime:
             case "none":
                 loss_cls, counted = None, False
+            case "statistics":
+                loss_cls, counted = self.follow_head_statistics(x0), False
             case "labelled":
                 loss_cls, counted = self.labelled_classifier_loss(x0, x_t, t, noise, y, z_t), True
             case "stream":
@@ -270,6 +286,13 @@ class JointDiffusion(RecordsClass, HeadEvaluation):
             self.log("train/classifier_batches", float(self.classifier_batches))
         self.log("train/loss", loss)
         return loss
+
+    @torch.no_grad()
+    def follow_head_statistics(self, x0: torch.Tensor) -> None:
+        """Route b of domain adaptation's stage 2: the frozen head, in train mode, sees the (augmented) batch at
+        step 0 (its BatchNorm running statistics update), and nothing is trained by it."""
+        t0 = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+        self.network.classify(self.augment(x0), t0)
 
     def stream_classifier_loss(self, x_l: torch.Tensor, y_l: torch.Tensor) -> torch.Tensor:
         """``L_cls`` of the labelled stream's batch: the fully labelled term under D4, with its own steps and noise."""

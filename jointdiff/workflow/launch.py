@@ -35,7 +35,7 @@ class Job:
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     params: dict = field(default_factory=dict)
-    set_run_dir: bool = True  # False for commands that place their own runs (experiments/domain_adaptation.py)
+    set_run_dir: bool = True  # False for commands that place their own runs (jointdiff adapt)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)

@@ -39,7 +39,7 @@ class PaperRun:
     """One training run of the paper's experiments.
 
     ``kind`` is ``fit`` (``jointdiff fit`` with ``configs`` and ``args``) or ``domain_adaptation`` (both stages by
-    ``experiments/domain_adaptation.py``, which takes ``configs[0]`` as ``--config`` and the rest after ``--``).
+    ``jointdiff adapt``, which takes ``configs[0]`` as ``--config`` and the rest after ``--``).
     """
 
     key: str
@@ -80,7 +80,7 @@ class PaperRun:
             for f in files[1:]:
                 rest += ["-c", f]
             # the script tests each stage itself: no second test through test_after_fit
-            argv = [sys.executable, "experiments/domain_adaptation.py", "--config", files[0], "--out", str(folder),
+            argv = ["jointdiff", "adapt", "--config", files[0], "--out", str(folder),
                     "--", *rest, "--test_after_fit=false"]
             return argv, {}
         return ["jointdiff", "fit", *self.fit_args(quick, root)], {RUN_DIR_ENV: str(folder)}

@@ -1,0 +1,133 @@
+"""Domain adaptation with the joint model (docs/design.md §8): target test accuracy before and after adapting.
+
+Stage 1 trains the joint model on the labelled source (``data.stage: source``); its target test accuracy is the
+"before" number. Stage 2 loads those weights (``model.init_from``) and continues with the diffusion loss only
+(``model.skip_classifier_loss: true``, the head frozen) on the unlabelled target (``data.stage: target``) — or, as
+the *source control*, on the unlabelled source images (``stage2_data: source``), so that a drop caused by the
+regime shows apart from one caused by the domain. Its target test accuracy is the "after" number. The frozen head's
+BatchNorm statistics in stage 2 are a setting (``head_statistics``: ``frozen``, the reference's
+``skip_classifier_loss``; ``target``, its ``labelled_data_share=0`` route), and every stage-2 model is also scored
+after AdaBN (:func:`jointdiff.models.head_statistics.reestimate_head_statistics` on stage 2's training images, our
+departure). All numbers are of the final-step weights (decision D7; nothing is selected on a test set); the source
+test accuracy is reported beside each when the data are a :class:`~jointdiff.data.DomainAdaptationDataModule`.
+Stage 2 runs as many steps as stage 1 unless ``stage2_steps`` says otherwise (decision D15), at the config's learning
+rate unless ``stage2_lr`` says otherwise (a fresh optimiser either way: ``init_from`` loads weights).
+
+The command is ``jointdiff adapt`` (:mod:`jointdiff.commands.adapt`); ``jointdiff paper --tables "[6]"`` prints it for
+every pair of the paper.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Literal
+
+from jointdiff.files import atomic_write_json
+from jointdiff.workflow.lightning_cli import run_lightning_cli
+
+ACCURACY_KEYS = ("test/acc", "test/acc_ema", "test/acc_raw")
+HeadStatistics = Literal["frozen", "target"]
+Stage2Data = Literal["target", "source"]
+
+
+def check_stage2_args(stage2_lr: float | None, head_statistics: str, stage2_data: str) -> None:
+    """Before stage 1 trains, not when stage 2 starts minutes later."""
+    if stage2_lr is not None and not stage2_lr > 0:
+        raise ValueError(f"--stage2_lr must be a positive learning rate, got {stage2_lr}")
+    if head_statistics not in ("frozen", "target"):
+        raise ValueError(f"--head_statistics must be frozen or target, got {head_statistics!r}")
+    if stage2_data not in ("target", "source"):
+        raise ValueError(f"--stage2_data must be target or source, got {stage2_data!r}")
+
+
+def _accuracies(trainer, model, datamodule) -> dict[str, float]:
+    results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    return {k: float(results[k]) for k in ACCURACY_KEYS if k in results}
+
+
+def _source_test_data(cli):
+    """The same DataModule testing on the source's test split, or None when the data are no domain pair."""
+    from jointdiff.data import DomainAdaptationDataModule
+
+    if not isinstance(cli.datamodule, DomainAdaptationDataModule):
+        return None
+    init = cli.config["fit"]["data"]["init_args"].as_dict()
+    return DomainAdaptationDataModule(**{**init, "test_domain": "source"})
+
+
+def _fit_and_test(args: list[str]) -> tuple[object, dict, dict | None, str, int]:
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees the caller's own arguments
+    try:
+        cli = run_lightning_cli(["fit", *args])
+    finally:
+        sys.argv = argv
+    ckpt = cli.trainer.checkpoint_callback.last_model_path if cli.trainer.checkpoint_callback else ""
+    if not ckpt:
+        raise RuntimeError("the config must save a last checkpoint (ModelCheckpoint with save_last: true)")
+    target = _accuracies(cli.trainer, cli.model, cli.datamodule)
+    source_data = _source_test_data(cli)
+    source = None if source_data is None else _accuracies(cli.trainer, cli.model, source_data)
+    return cli, target, source, ckpt, cli.trainer.global_step
+
+
+def _adabn(cli, source_data) -> tuple[dict, dict | None, int]:
+    """Stage 2's model with its head's BatchNorm statistics re-estimated on stage 2's training images (raw and EMA
+    networks alike), tested on the target and the source."""
+    from jointdiff.models.head_statistics import reestimate_head_statistics
+
+    model = copy.deepcopy(cli.model)
+    loader = cli.datamodule.train_dataloader()
+    images = [x for x, _ in loader]  # stage 2's images, labels hidden (−1) and unused
+    seen = 0
+    for network in (model.network, model.ema.module):
+        seen = reestimate_head_statistics(network, images)
+    target = _accuracies(cli.trainer, model, cli.datamodule)
+    source = None if source_data is None else _accuracies(cli.trainer, model, source_data)
+    return target, source, seen
+
+
+def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str] | None = None,
+        stage2_lr: float | None = None, head_statistics: HeadStatistics = "frozen",
+        stage2_data: Stage2Data = "target", adabn: bool = True) -> dict:
+    """Both stages (``config`` then ``extra`` as ``jointdiff fit`` arguments of each); returns and writes
+    ``<out>/domain_adaptation.json``."""
+    check_stage2_args(stage2_lr, head_statistics, stage2_data)
+    common = ["-c", config, *(extra or [])]
+    logs = ["--trainer.logger.init_args.save_dir", out]
+    _, before, source_before, ckpt1, steps1 = _fit_and_test([
+        *common, *logs, "--trainer.logger.init_args.name", "stage1", "--trainer.default_root_dir", f"{out}/stage1",
+        "--data.init_args.stage", "source",
+    ])
+    cli2, after, source_after, ckpt2, steps2 = _fit_and_test([
+        *common, *logs, "--trainer.logger.init_args.name", "stage2", "--trainer.default_root_dir", f"{out}/stage2",
+        "--data.init_args.stage", "target" if stage2_data == "target" else "source_unlabelled",
+        "--model.init_args.init_from", ckpt1, "--model.init_args.skip_classifier_loss", "true",
+        "--model.init_args.head_statistics", head_statistics, "--trainer.max_steps", str(stage2_steps or steps1),
+        *(["--model.init_args.lr", str(stage2_lr)] if stage2_lr is not None else []),
+    ])
+    summary = {
+        "config": config, "extra_args": extra or [], "head_statistics": head_statistics, "stage2_data": stage2_data,
+        "stage1": {"steps": steps1, "checkpoint": ckpt1},
+        "stage2": {"steps": steps2, "checkpoint": ckpt2, **({"lr": stage2_lr} if stage2_lr is not None else {})},
+        "target_test_before": before, "target_test_after": after,
+        "source_test_before": source_before, "source_test_after": source_after,
+    }
+    if adabn:
+        target, source, seen = _adabn(cli2, _source_test_data(cli2))
+        summary.update(target_test_after_adabn=target, source_test_after_adabn=source, adabn_images=seen)
+    atomic_write_json(summary, Path(out) / "domain_adaptation.json")
+    print(f"\n{'test accuracy':<28}{'before (stage 1)':>18}{'after (stage 2)':>18}"
+          + (f"{'after + AdaBN':>16}" if adabn else ""))
+    for domain in ("target", "source"):
+        rows = [summary.get(f"{domain}_test_{w}") for w in ("before", "after", "after_adabn")]
+        if rows[0] is None:
+            continue
+        for k in ACCURACY_KEYS:
+            if k in rows[0]:
+                cells = "".join(f"{r[k]:>18.4f}" for r in rows[:2]) + (f"{rows[2][k]:>16.4f}" if rows[2] else "")
+                print(f"{domain + ' ' + k:<28}{cells}")
+    print(f"stage 1: {steps1} steps, stage 2: {steps2} steps on the {stage2_data} images (head statistics "
+          f"{head_statistics}); summary in {Path(out) / 'domain_adaptation.json'}")
+    return summary
