@@ -207,3 +207,19 @@ def test_sample_grid_draws_with_its_clip_setting(tmp_path):
     SampleGrid(num_samples=2, steps=25, eta=0.5)._sample_and_save(trainer, Stub(), tmp_path)
     assert calls == [(False, None, RESPACED_ETA), (True, None, RESPACED_ETA), (False, 25, 0.5)]
     assert (tmp_path / "samples" / "step_0000003.png").is_file()
+
+
+def test_respaced_sampling_without_eta_uses_the_validated_default(ckpt, tmp_path):
+    """`--steps N` without `--eta` draws with RESPACED_ETA (docs/sampling.md's validation chooses it), the same
+    images as naming it; another η gives other images."""
+    from jointdiff.diffusion.ddim import RESPACED_ETA
+
+    common = ["--checkpoint", ckpt, "--sampler", "joint", "--steps", 5, "--num", 2, "--classes", "[1]",
+              "--clip_denoised", "true"]
+    run(*common, "--output", tmp_path / "default")
+    run(*common, "--eta", RESPACED_ETA, "--output", tmp_path / "named")
+    run(*common, "--eta", 0.5 if RESPACED_ETA != 0.5 else 0.0, "--output", tmp_path / "other")
+    record = json.loads((tmp_path / "default" / "sample.json").read_text())
+    assert record["eta"] == RESPACED_ETA and record["steps"] == 5
+    default, named, other = (np.load(tmp_path / d / "samples.npz")["arr_0"] for d in ("default", "named", "other"))
+    assert np.array_equal(default, named) and not np.array_equal(default, other)

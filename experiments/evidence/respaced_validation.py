@@ -61,7 +61,11 @@ def judge_of(data) -> tuple[torch.nn.Module, float]:
     return judge, acc
 
 
-def run(checkpoint: str, seeds: list[int], batch_size: int) -> None:
+def cell_label(steps: int | None, rule: str | None) -> str:
+    return "all" if steps is None else ("stride" if rule == "stride" else str(steps))
+
+
+def run(checkpoint: str, seeds: list[int], batch_size: int, cells: list[str] | None = None) -> None:
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     used = {json.loads(p.read_text())["checkpoint_sha256"] for p in RESULTS.glob("seed*.json")}
     if used - {digest}:
@@ -78,7 +82,8 @@ def run(checkpoint: str, seeds: list[int], batch_size: int) -> None:
     model = load_diffusion_model(checkpoint)
     classes = list(range(model.hparams.num_classes))
     for seed in seeds:
-        for steps, eta, rule in CELLS:
+        chosen = [c for c in CELLS if not cells or cell_label(c[0], c[2]) in cells]
+        for steps, eta, rule in sorted(chosen, key=lambda c: cells.index(cell_label(c[0], c[2])) if cells else 0):
             out = RESULTS / f"{cell_name(seed, steps, eta, rule)}.json"
             if out.is_file():
                 continue
@@ -115,8 +120,9 @@ def table() -> str:
     full = cells.get(("all", None, None), {})
 
     def stat(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-        return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+        if len(values) == 1:
+            return f"{values[0]:.3f}"
+        return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
     lines = ["| steps | η | α rule | α | seeds | judge hit rate | gap to full chain | FD (judge features) | "
              "precision | recall |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -151,6 +157,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch_size", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cells", nargs="+", default=None, choices=["all", "25", "50", "100", "stride"],
+                        help="only these cells, in this order (default: all, in the design's order)")
     parser.add_argument("--table", action="store_true",
                         help="only print the summary table of the result files and write it into docs/sampling.md")
     args = parser.parse_args()
@@ -160,7 +168,7 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.checkpoint, args.seeds, args.batch_size)
+    run(args.checkpoint, args.seeds, args.batch_size, args.cells)
     print(table())
 
 
