@@ -84,7 +84,7 @@ class MetricsJSON(L.Callback):
                  "test": self.seconds["test"]}
         if self._started is not None:
             split["total"] = time.monotonic() - self._started
-        split = {k: round(v, 1) for k, v in split.items()}
+        split = {k: round(v, 3) for k, v in split.items()}
         steps = trainer.global_step if not trainer.ckpt_path else 0
         if training > 0 and steps:
             split["training_steps_per_s"] = round(steps / training, 3)
