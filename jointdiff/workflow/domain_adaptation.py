@@ -78,11 +78,9 @@ def _adabn(cli, source_data) -> tuple[dict, dict | None, int]:
     from jointdiff.models.head_statistics import reestimate_head_statistics
 
     model = copy.deepcopy(cli.model)
-    loader = cli.datamodule.train_dataloader()
-    images = [x for x, _ in loader]  # stage 2's images, labels hidden (−1) and unused
     seen = 0
-    for network in (model.network, model.ema.module):
-        seen = reestimate_head_statistics(network, images)
+    for network in (model.network, model.ema.module):  # stage 2's images, streamed; labels hidden (−1) and unused
+        seen = reestimate_head_statistics(network, (x for x, _ in cli.datamodule.train_dataloader()))
     target = _accuracies(cli.trainer, model, cli.datamodule)
     source = None if source_data is None else _accuracies(cli.trainer, model, source_data)
     return target, source, seen
