@@ -75,6 +75,27 @@ def test_mid_epoch_resume_equals_the_uninterrupted_run_bit_for_bit(fmnist, tmp_p
     assert torch.equal(buf_a["images"], buf_b["images"]) and torch.equal(buf_a["targets"], buf_b["targets"])
 
 
+def test_the_validation_cadence_does_not_change_the_trained_model(fmnist, tmp_path, one_thread):
+    """Validating every 2 steps, every 5 steps or never trains the same weights and sees the same batches (an
+    evaluation loader that drew its worker seed from torch's global generator shifted everything after it)."""
+    runs = []
+    for name, every in (("never", None), ("2", 2), ("5", 5)):
+        dm = _datamodule(fmnist)
+        log = BatchLog()
+        model = _model()
+        val = {"limit_val_batches": 0} if every is None else {"limit_val_batches": 2, "val_check_interval": every,
+                                                              "check_val_every_n_epoch": None}
+        trainer = L.Trainer(max_steps=11, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, default_root_dir=tmp_path / name, callbacks=[log], **val)
+        trainer.fit(model, datamodule=dm)
+        runs.append((log.batches, model.state_dict()))
+    (batches, weights), *others = runs
+    for other_batches, other_weights in others:
+        assert other_batches == batches
+        for (key, a), b in zip(weights.items(), other_weights.values(), strict=True):
+            assert torch.equal(a, b), key
+
+
 def test_buffer_and_counter_are_in_the_checkpoint(fmnist, tmp_path, one_thread):
     dm = _datamodule(fmnist)
     model = _model()

@@ -368,7 +368,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             sampler=sampler,
-            generator=self._shuffle_generator(seed_offset) if train else None,
+            generator=self._shuffle_generator(seed_offset) if train else self._eval_generator(),
             drop_last=train,  # the reference cycles shuffled batches with drop_last=True
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -388,6 +388,15 @@ class ImageDataModule(L.LightningDataModule):
         ``generator=None``, torch's global generator, whose restored state must reach the first step after a resume
         untouched."""
         return torch.Generator().manual_seed(torch.initial_seed() + offset)
+
+    @staticmethod
+    def _eval_generator() -> torch.Generator:
+        """The generator of a validation or test loader. Those loaders do not shuffle, but each of their iterators
+        still draws a seed for its workers from ``loader.generator``; with the default ``generator=None`` that draw
+        comes from torch's global generator, so every validation run would shift the training noise, timesteps and
+        next epoch's order after it, and a run's model would depend on its validation cadence. A generator of its
+        own keeps training the same whatever is evaluated along the way (``tests/test_data.py``)."""
+        return torch.Generator().manual_seed(torch.initial_seed() + 4)
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         images = self._loader(self.train_set, train=True)
