@@ -6,12 +6,14 @@ sampler for every (seed, steps, η, α rule) cell of the design, against the ful
         --checkpoint runs/demo/version_0/checkpoints/last.ckpt --seeds 0 1 2
     python experiments/evidence/respaced_validation.py --table      # the summary table into docs/sampling.md
 
-One result file per cell under ``experiments/evidence/results/respaced_validation/`` (a finished cell is skipped, so
-the run resumes and can be split over processes with ``--seeds``). The judge is the LeNet-5 of ``judge.py``, trained
-once (2 epochs, seed 0) and shared by every cell through ``<work>/judge.pt``; its 84-d features score 2,000 test
-images. Every α of a cell starts from the same per-sample seeds (paired chains). The judge's weights are kept beside
-the results (``judge.pt``) and every result records the checkpoint's SHA-256, so that a later process (or machine)
-continues the same experiment: it refuses a checkpoint whose hash differs from the one the finished cells used.
+One result file per cell under ``experiments/evidence/results/respaced_validation/demo_<sha256[:12]>/``, one folder
+per checkpoint (a finished cell is skipped, so the run resumes and can be split over processes with ``--seeds``).
+The judge is the LeNet-5 of ``judge.py``, trained once (2 epochs, seed 0) and shared by every cell through
+``judge.pt`` (kept beside the results, shared by every checkpoint); its 84-d features score 2,000 test images.
+Every α of a cell starts from the same per-sample seeds (paired chains). Every result records the checkpoint's
+SHA-256; the folder of a checkpoint holds only its own cells, so a later process (or machine) continues the
+experiment of the same checkpoint and never mixes two models in one table. ``--table`` renders the folder of
+``--checkpoint`` (or the one named by ``--results``) into docs/sampling.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ALPHAS = (0, 50, 100, 200, 500)
 # needs first: the full chain and the 50-step cells), every cell for one seed before the next seed.
 CELLS = [(None, None, None)] + [(50, eta, "same") for eta in (1.0, 0.5, 0.0)] \
     + [(n, eta, "same") for n in (25, 100) for eta in (1.0, 0.5, 0.0)] + [(50, 1.0, "stride")]
+CELL_CHOICES = ["all", "50", "25", "stride", "100", "25:1"]  # "25:1": the 25-step cell at η = 1 only
 NUM_PER_CLASS, NUM_REAL, JUDGE_EPOCHS, JUDGE_SEED = 20, 2000, 2, 0
 
 
@@ -61,16 +64,27 @@ def judge_of(data) -> tuple[torch.nn.Module, float]:
     return judge, acc
 
 
-def cell_label(steps: int | None, rule: str | None) -> str:
-    return "all" if steps is None else ("stride" if rule == "stride" else str(steps))
+def cell_labels(steps: int | None, eta: float | None, rule: str | None) -> set[str]:
+    """The ``--cells`` names that select this cell."""
+    if steps is None:
+        return {"all"}
+    if rule == "stride":
+        return {"stride"}
+    return {str(steps), f"{steps}:{eta:g}"}
+
+
+def results_dir(digest: str) -> Path:
+    return RESULTS / f"demo_{digest[:12]}"
+
+
+def cell_order(cell: tuple, cells: list[str] | None) -> int:
+    return 0 if not cells else min(cells.index(c) for c in cell_labels(*cell) if c in cells)
 
 
 def run(checkpoint: str, seeds: list[int], batch_size: int, cells: list[str] | None = None) -> None:
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-    used = {json.loads(p.read_text())["checkpoint_sha256"] for p in RESULTS.glob("seed*.json")}
-    if used - {digest}:
-        raise SystemExit(f"{checkpoint} (sha256 {digest[:12]}…) is not the checkpoint of the finished cells "
-                         f"({', '.join(u[:12] for u in used)}…): use that one, or move the results aside")
+    folder = results_dir(digest)
+    print(f"checkpoint sha256 {digest[:12]}…: results in {folder}", flush=True)
     data = FashionMNISTDataModule()
     data.setup("fit")
     data.setup("test")
@@ -82,11 +96,12 @@ def run(checkpoint: str, seeds: list[int], batch_size: int, cells: list[str] | N
     model = load_diffusion_model(checkpoint)
     classes = list(range(model.hparams.num_classes))
     for seed in seeds:
-        chosen = [c for c in CELLS if not cells or cell_label(c[0], c[2]) in cells]
-        for steps, eta, rule in sorted(chosen, key=lambda c: cells.index(cell_label(c[0], c[2])) if cells else 0):
-            out = RESULTS / f"{cell_name(seed, steps, eta, rule)}.json"
+        chosen = [c for c in CELLS if not cells or cell_labels(*c) & set(cells)]
+        for steps, eta, rule in sorted(chosen, key=lambda c: cell_order(c, cells)):
+            out = folder / f"{cell_name(seed, steps, eta, rule)}.json"
             if out.is_file():
                 continue
+            out.parent.mkdir(parents=True, exist_ok=True)
             began = time.perf_counter()
             print(f"cell {out.stem}", flush=True)
             alphas = [a for a in ALPHAS if rule != "stride" or a > 0]  # α = 0 is the same for both rules
@@ -106,10 +121,10 @@ def run(checkpoint: str, seeds: list[int], batch_size: int, cells: list[str] | N
             }, out)
 
 
-def table() -> str:
+def table(folder: Path) -> str:
     """Mean ± standard deviation over seeds per (sampler, α), with the gap to the full chain of the same seeds."""
     cells: dict[tuple, dict[float, list[dict]]] = {}
-    for path in sorted(RESULTS.glob("seed*.json")):
+    for path in sorted(folder.glob("seed*.json")):
         data = json.loads(path.read_text())
         full = data["eta"] is None
         key = ("all", None, None) if full else (data["steps"], data["eta"], data["respaced_alpha"])
@@ -142,11 +157,11 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def render(text: str) -> None:
-    """Replace the ``<!-- evidence:respaced_validation -->`` block of docs/sampling.md with ``text``."""
+def render(text: str, block: str) -> None:
+    """Replace the ``<!-- evidence:<block> -->`` block of docs/sampling.md with ``text``."""
     path = REPO / "docs" / "sampling.md"
     doc = path.read_text()
-    begin, end = "<!-- evidence:respaced_validation -->", "<!-- /evidence:respaced_validation -->"
+    begin, end = f"<!-- evidence:{block} -->", f"<!-- /evidence:{block} -->"
     head, rest = doc.split(begin, 1)
     path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
@@ -157,19 +172,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch_size", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--cells", nargs="+", default=None, choices=["all", "25", "50", "100", "stride"],
+    parser.add_argument("--cells", nargs="+", default=None, choices=CELL_CHOICES,
                         help="only these cells, in this order (default: all, in the design's order)")
     parser.add_argument("--table", action="store_true",
                         help="only print the summary table of the result files and write it into docs/sampling.md")
+    parser.add_argument("--results", default=None,
+                        help="with --table: this results folder instead of the one of --checkpoint")
+    parser.add_argument("--block", default="respaced_validation", help="with --table: the docs/sampling.md block")
     args = parser.parse_args()
     if args.table:
-        print(table())
-        render(table())
+        folder = Path(args.results) if args.results else results_dir(
+            hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest())
+        print(table(folder))
+        render(table(folder), args.block)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     run(args.checkpoint, args.seeds, args.batch_size, args.cells)
-    print(table())
+    print(table(results_dir(hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest())))
 
 
 if __name__ == "__main__":
