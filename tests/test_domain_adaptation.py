@@ -17,6 +17,7 @@ from jointdiff.data import DomainAdaptationDataModule, domain_adaptation_pair
 from jointdiff.data.semisupervised import UNLABELLED
 from jointdiff.models import JointDiffusion
 from jointdiff.workflow.domain_adaptation import run as run_adaptation
+from jointdiff.workflow.domain_adaptation import run_simultaneous
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,16 +116,19 @@ def test_stage_two_continues_the_stage_one_ema(tmp_path):
     assert again.ema.num_updates == 640
 
 
+TINY_DA = [  # a tiny model and loop for the drivers' end-to-end runs on the fixture files
+    "--model.init_args.model_channels", "16", "--model.init_args.norm_groups", "8",
+    "--model.init_args.num_res_blocks", "1", "--model.init_args.attention_downsample", "[]",
+    "--model.init_args.diffusion_steps", "10", "--model.init_args.classifier_augmentation", "off",
+    "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "16",
+    "--data.init_args.download", "false",
+]
+
+
 def test_two_stage_driver_end_to_end(data_root, tmp_path):
-    tiny = [
-        "--model.init_args.model_channels", "16", "--model.init_args.norm_groups", "8",
-        "--model.init_args.num_res_blocks", "1", "--model.init_args.attention_downsample", "[]",
-        "--model.init_args.diffusion_steps", "10", "--model.init_args.classifier_augmentation", "off",
-        "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "16",
-        "--data.init_args.download", "false",
-    ]
+    tiny = TINY_DA
     out = tmp_path / "run"
     # the composition `jointdiff paper` runs for Table 6
     paper = ["-c", str(REPO / "configs/paper/data/da_usps_mnist.yaml"),
@@ -192,6 +196,49 @@ def test_the_source_control_trains_on_unlabelled_source_images_and_can_test_on_t
     assert torch.equal(on_source.test_set.targets, src.test_set.targets)
     with pytest.raises(ValueError, match="stage must be"):
         DomainAdaptationDataModule("usps", "mnist", stage="both", download=False)
+
+
+def test_the_simultaneous_stage_holds_the_labelled_source_and_the_target_without_labels(data_root):
+    src, tgt = domain_adaptation_pair("usps", "mnist", download=False)
+    src.setup(), tgt.setup()
+    for mode in ("buffer", "stream"):
+        dm = DomainAdaptationDataModule("usps", "mnist", stage="simultaneous", semi_supervised_mode=mode,
+                                        batch_size=8, download=False)
+        dm.setup()
+        n = len(src.train_set)
+        assert torch.equal(dm.train_set.images, torch.cat([src.train_set.images, tgt.train_set.images]))
+        assert torch.equal(dm.train_set.targets[:n], src.train_set.targets)  # every source label kept ...
+        assert bool((dm.train_set.targets[n:] == UNLABELLED).all())  # ... no target label
+        assert torch.equal(dm.val_set.images, tgt.val_set.images)
+        assert torch.equal(dm.test_set.images, tgt.test_set.images)
+        loader = dm.train_dataloader()
+        if mode == "buffer":  # one shuffled stream of both domains
+            assert len(loader.dataset) == n + len(tgt.train_set)
+        else:  # a labelled stream of exactly the source beside the stream of all images
+            assert torch.equal(loader["labelled"].dataset.images.sort(0).values, src.train_set.images.sort(0).values)
+            assert bool((loader["labelled"].dataset.targets != UNLABELLED).all())
+    with pytest.raises(ValueError, match="needs stage=simultaneous"):
+        DomainAdaptationDataModule("usps", "mnist", stage="target", semi_supervised_mode="stream", download=False)
+
+
+@pytest.mark.parametrize("mode", ["buffer", "stream"])
+def test_simultaneous_driver_trains_the_head_on_source_labels_only(data_root, tmp_path, mode):
+    out = tmp_path / "run"
+    summary = run_simultaneous(str(REPO / "configs/base/default.yaml"), str(out), extra=[
+        "-c", str(REPO / "configs/paper/data/da_usps_mnist.yaml"), "-c", str(REPO / "configs/paper/models/joint.yaml"),
+        "--test_after_fit=false", *TINY_DA, "--trainer.max_steps", "8",
+    ], semi_supervised_mode=mode)
+    assert json.loads((out / "domain_adaptation.json").read_text()) == summary
+    assert summary["simultaneous"]["steps"] == 8 and summary["semi_supervised_mode"] == mode
+    for domain, n_test in (("target_test", 20), ("source_test", 20)):
+        acc = summary[domain]["test/acc"]
+        assert 0.0 <= acc <= 1.0 and abs(acc * n_test - round(acc * n_test)) < 1e-5
+    ckpt = torch.load(summary["simultaneous"]["checkpoint"], weights_only=True)
+    assert ckpt["hyper_parameters"]["skip_classifier_loss"] is False
+    # classifier terms from the source's labels: one per step with the labelled stream; with the buffer, one each
+    # time the labelled images of the mixed batches (about 45 % of 8 per step) filled a batch of 8
+    batches = ckpt[JointDiffusion.TRAIN_STATE_KEY]["classifier_batches"]
+    assert batches == 8 if mode == "stream" else 1 <= batches < 8
 
 
 F32 = dict(rtol=1e-5, atol=1e-6)  # the running statistics are float32; the hand computation float64

@@ -8,7 +8,13 @@
 - ``stage: target`` (stage 2, diffusion only): train = the target training part with every label hidden (−1),
   so no target label can reach a loss even if ``skip_classifier_loss`` were forgotten;
 - ``stage: source_unlabelled`` (the source control of stage 2): train = the source training part, labels hidden,
-  so that a drop caused by stage 2's regime shows apart from one caused by the domain.
+  so that a drop caused by stage 2's regime shows apart from one caused by the domain;
+- ``stage: simultaneous`` (one stage instead of two: the reference's SVHN→MNIST loader ``DA_SVHN_MNIST``, and the
+  paper's "future work"): train = the labelled source training part followed by the target training part with
+  every label hidden, trained jointly through the semi-supervised path (docs/design.md §7). ``semi_supervised_mode``
+  says how the labelled source reaches the classifier: ``buffer`` (the reference's: one shuffled stream, the
+  labelled images of each batch collected into full classifier batches) or ``stream`` (a full labelled source
+  batch beside every batch of both domains).
 
 In every stage ``val`` is the held-out part of the *target* training split (monitoring the adaptation curve,
 decision D15; never used to select a checkpoint) and ``test`` is the target's official test split, the number
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from jointdiff.data.base import ImageDataModule, ImageTensorDataset, Splits
 from jointdiff.data.mnist import MNISTDataModule
 from jointdiff.data.semisupervised import UNLABELLED
@@ -27,6 +35,7 @@ from jointdiff.data.svhn import SVHNDataModule
 from jointdiff.data.usps import USPSDataModule
 
 Domain = Literal["mnist", "usps", "svhn"]
+STAGES = ("source", "target", "source_unlabelled", "simultaneous")
 PAIRS = (("mnist", "usps"), ("usps", "mnist"), ("svhn", "mnist"))
 
 
@@ -71,7 +80,7 @@ class DomainAdaptationDataModule(ImageDataModule):
         self,
         source: Domain = "usps",
         target: Domain = "mnist",
-        stage: Literal["source", "target", "source_unlabelled"] = "source",
+        stage: Literal["source", "target", "source_unlabelled", "simultaneous"] = "source",
         source_root: str | None = None,
         target_root: str | None = None,
         batch_size: int = 128,
@@ -81,10 +90,18 @@ class DomainAdaptationDataModule(ImageDataModule):
         split_seed: int = 0,
         download: bool = True,
         test_domain: Literal["target", "source"] = "target",
+        semi_supervised_mode: Literal["buffer", "stream"] = "buffer",
     ):
         super().__init__(None, batch_size, eval_batch_size, num_workers, val_fraction, split_seed, download)
-        if stage not in ("source", "target", "source_unlabelled"):
-            raise ValueError(f"stage must be 'source', 'target' or 'source_unlabelled', got {stage!r}")
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        if semi_supervised_mode not in ("buffer", "stream"):
+            raise ValueError(f"semi_supervised_mode must be buffer|stream, got {semi_supervised_mode!r}")
+        if semi_supervised_mode == "stream" and stage != "simultaneous":
+            raise ValueError("semi_supervised_mode=stream needs stage=simultaneous (the only stage with labelled "
+                             "and unlabelled images together)")
+        # set here, not through the base class, whose stream mode draws a labelled subset of one dataset
+        self.semi_supervised_mode = semi_supervised_mode
         if test_domain not in ("target", "source"):
             raise ValueError(f"test_domain must be 'target' or 'source', got {test_domain!r}")
         self.source, self.target, self.stage, self.test_domain = source, target, stage, test_domain
@@ -104,6 +121,12 @@ class DomainAdaptationDataModule(ImageDataModule):
             src.setup()
         if self.stage == "source":
             train = src.train_set
+        elif self.stage == "simultaneous":  # labelled source first, then the target with its labels hidden
+            source, target = src.train_set, tgt.train_set
+            hidden = target.targets.new_full(target.targets.shape, UNLABELLED)
+            train = ImageTensorDataset(torch.cat([source.images, target.images]),
+                                       torch.cat([source.targets, hidden]))
+            self.labelled_indices = torch.arange(len(source))  # the labelled stream of semi_supervised_mode=stream
         else:
             images = (tgt if self.stage == "target" else src).train_set
             train = ImageTensorDataset(images.images, images.targets.new_full(images.targets.shape, UNLABELLED))
