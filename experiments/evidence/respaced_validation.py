@@ -8,6 +8,10 @@ sampler for every (seed, steps, η, α rule) cell of the design, against the ful
 
 One result file per cell under ``experiments/evidence/results/respaced_validation/demo_<sha256[:12]>/``, one folder
 per checkpoint (a finished cell is skipped, so the run resumes and can be split over processes with ``--seeds``).
+The checkpoint itself is copied into its folder (``checkpoint.ckpt``, committed with the results): training is not
+bit-reproducible across machines, so a validation that spans sessions continues on that copy
+(``--checkpoint experiments/evidence/results/respaced_validation/demo_<sha>/checkpoint.ckpt``). The cells of one
+seed run on one machine (paired chains; float kernels differ slightly between machines).
 The judge is the LeNet-5 of ``judge.py``, trained once (2 epochs, seed 0) and shared by every cell through
 ``judge.pt`` (kept beside the results, shared by every checkpoint); its 84-d features score 2,000 test images.
 Every α of a cell starts from the same per-sample seeds (paired chains). Every result records the checkpoint's
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -85,6 +90,11 @@ def run(checkpoint: str, seeds: list[int], batch_size: int, cells: list[str] | N
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     folder = results_dir(digest)
     print(f"checkpoint sha256 {digest[:12]}…: results in {folder}", flush=True)
+    kept = folder / "checkpoint.ckpt"
+    if not kept.is_file():  # the model of these results, kept with them (atomically: a copy, then a rename)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, kept.with_suffix(".tmp"))
+        kept.with_suffix(".tmp").replace(kept)
     data = FashionMNISTDataModule()
     data.setup("fit")
     data.setup("test")
