@@ -15,9 +15,10 @@ import torch
 from jointdiff.cli import main as cli_main
 from jointdiff.data import DomainAdaptationDataModule, domain_adaptation_pair
 from jointdiff.data.semisupervised import UNLABELLED
+from jointdiff.models.checkpoints import CLASS_KEY
 from jointdiff.models import JointDiffusion
+from jointdiff.workflow.domain_adaptation import Plateau, run_simultaneous, train_stage1
 from jointdiff.workflow.domain_adaptation import run as run_adaptation
-from jointdiff.workflow.domain_adaptation import run_simultaneous
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -304,3 +305,104 @@ def test_adabn_replaces_the_head_statistics_by_their_average_over_the_images():
         torch.testing.assert_close(bn2.running_var.double(), torch.stack([h.var(0) for h in hidden]).mean(0), **F32)
     assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in weights.items())  # weights untouched
     assert net.training and bn1.momentum == 0.1  # modes and momentum restored
+
+
+def test_val_domain_source_validates_on_the_sources_held_out_part(data_root):
+    src, tgt = domain_adaptation_pair("usps", "mnist", download=False)
+    src.setup(), tgt.setup()
+    dm = DomainAdaptationDataModule("usps", "mnist", stage="source", val_domain="source", download=False)
+    dm.setup()
+    assert torch.equal(dm.val_set.images, src.val_set.images) and torch.equal(dm.val_set.targets, src.val_set.targets)
+    assert torch.equal(dm.test_set.images, tgt.test_set.images)  # the reported number stays the target's
+    with pytest.raises(ValueError, match="val_domain must be"):
+        DomainAdaptationDataModule("usps", "mnist", val_domain="both", download=False)
+
+
+@pytest.mark.parametrize(("tolerances", "expect_reached"), [((1.0, 10.0), True), ((0.0, 0.0), False)])
+def test_until_plateau_stops_each_stage_on_its_own_curve(data_root, tmp_path, tolerances, expect_reached):
+    plateau = Plateau(every=1, min_steps=2, max_steps=4, accuracy_tolerance=tolerances[0],
+                      loss_tolerance=tolerances[1])
+    paper = ["-c", str(REPO / "configs/paper/data/da_usps_mnist.yaml"),
+             "-c", str(REPO / "configs/paper/models/joint.yaml"), "--test_after_fit=false"]
+    summary = run_adaptation(str(REPO / "configs/base/default.yaml"), str(tmp_path / "run"), extra=paper + TINY_DA,
+                             adabn=False, plateau=plateau)
+    one, two = summary["stage1"], summary["stage2"]
+    assert summary["plateau"]["every"] == 1
+    assert one["plateau_reached"] is two["plateau_reached"] is expect_reached
+    # huge tolerances: flat at the first validation with two windows at or after min_steps (step 2); stage 2 at
+    # least stage 1's steps. Zero tolerances: a real curve never repeats its mean, so both run to max_steps.
+    assert one["steps"] == two["steps"] == (2 if expect_reached else 4)
+    assert one["validation_steps"] == list(range(1, one["steps"] + 1))
+    assert set(one["validation_curve"]) == {"val/acc_ema", "val/diffusion_loss"}  # stage 1: the source's curve
+    assert set(two["validation_curve"]) == {"val/diffusion_loss"}  # stage 2: the target's diffusion loss
+    with pytest.raises(ValueError, match="stage2_steps or plateau"):
+        run_adaptation(str(REPO / "configs/base/default.yaml"), str(tmp_path / "x"), stage2_steps=3, plateau=plateau)
+
+
+def test_arms_share_one_stage_one_and_stage_two_leaves_a_tested_curve(data_root, tmp_path):
+    paper = ["-c", str(REPO / "configs/paper/data/da_usps_mnist.yaml"),
+             "-c", str(REPO / "configs/paper/models/joint.yaml"), "--test_after_fit=false"]
+    base = str(REPO / "configs/base/default.yaml")
+    stage1 = train_stage1(base, str(tmp_path / "shared"), extra=paper + TINY_DA)
+    assert json.loads((tmp_path / "shared" / "stage1.json").read_text()) == stage1 and stage1["steps"] == 3
+    arm = run_adaptation(base, str(tmp_path / "arm"), extra=paper + TINY_DA, stage1=stage1, curve_every=1)
+    assert not (tmp_path / "arm" / "stage1").exists()  # stage 1 was not trained again
+    assert arm["stage1"]["checkpoint"] == stage1["checkpoint"] and arm["target_test_before"] == stage1["target_test"]
+    two = torch.load(arm["stage2"]["checkpoint"], weights_only=True)
+    assert two["hyper_parameters"]["init_from"] == stage1["checkpoint"]
+    assert [p["step"] for p in arm["curve"]] == [1, 2, 3]
+    # the curve's last point is stage 2's final weights, tested again from its checkpoint file
+    assert arm["curve"][-1]["target_test"] == arm["target_test_after"]
+    assert arm["curve"][-1]["target_test_adabn"] == arm["target_test_after_adabn"]
+    with pytest.raises(FileNotFoundError, match="train stage 1 again"):
+        run_adaptation(base, str(tmp_path / "x"), stage1={**stage1, "checkpoint": str(tmp_path / "gone.ckpt")})
+
+
+def test_the_designed_experiments_runner_runs_every_unit_and_resumes(data_root, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("da_decided", REPO / "experiments/evidence/da_decided.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    # lengths are the runner's; T stays the config's (the stand-alone classifier has no diffusion_steps)
+    drop = {"--trainer.max_steps", "--model.init_args.diffusion_steps"}
+    tiny = [a for i, a in enumerate(TINY_DA) if a not in drop and TINY_DA[i - 1] not in drop]
+    kw = dict(results=tmp_path / "results", runs=tmp_path / "runs", overrides=tiny,
+              plateau=Plateau(every=1, min_steps=2, max_steps=3, accuracy_tolerance=1.0, loss_tolerance=10.0),
+              curve_every=1)
+    with pytest.raises(SystemExit, match="needs stage 1 first"):
+        runner.run_unit("frozen", "usps:mnist", 0, **kw)
+    for unit in runner.UNITS:
+        runner.run_unit(unit, "usps:mnist", 0, **kw)
+    folder = tmp_path / "results" / "usps_mnist_seed0"
+    results = {u: json.loads((folder / f"{u}.json").read_text()) for u in runner.UNITS}
+    steps1 = results["stage1"]["steps"]
+    assert steps1 == 2 and (folder / "stage1.ckpt").is_file()
+    assert "optimizer_states" not in torch.load(folder / "stage1.ckpt", weights_only=True)
+    for arm in ("frozen", "target", "source_control"):  # every arm from the one kept stage 1, with its curve
+        assert results[arm]["stage1"]["checkpoint"] == str(folder / "stage1.ckpt")
+        assert results[arm]["target_test_before"] == results["stage1"]["target_test"]
+        assert [p["step"] for p in results[arm]["curve"]] == list(range(1, results[arm]["stage2"]["steps"] + 1))
+    assert results["source_control"]["stage2_data"] == "source" and results["target"]["head_statistics"] == "target"
+    simultaneous = torch.load(results["simultaneous"]["simultaneous"]["checkpoint"], weights_only=True)
+    # (validation every 3 steps, 4 steps: the last checkpoint is the final step because the driver writes it)
+    assert simultaneous["global_step"] == steps1 + results["frozen"]["stage2"]["steps"]
+    for reference in ("source_only", "target_bound"):
+        assert torch.load(results[reference]["checkpoint"], weights_only=True)["global_step"] == steps1
+    assert torch.load(results["source_only"]["checkpoint"], weights_only=True)[CLASS_KEY].endswith(
+        "StandaloneClassifier")
+    # the upper bound trains on the labelled target: its reported number is the target's own test split
+    assert results["target_bound"]["trained_on"] == "mnist (labelled)"
+    before = (folder / "frozen.json").stat().st_mtime_ns
+    runner.run_unit("frozen", "usps:mnist", 0, **kw)  # a finished unit is skipped
+    assert (folder / "frozen.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("flags", [["--until_plateau", "--stage2_steps", "3"], ["--until_plateau", "--mode",
+                                   "simultaneous"], ["--curve_every", "0"], ["--stage1", "missing/stage1.json"]])
+def test_conflicting_or_bad_length_flags_are_refused_in_one_line(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["adapt", "--config", str(REPO / "experiments/evidence/configs/da_decided.yaml"),
+                  "--out", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2 and not (tmp_path / "run").exists()
+    assert "jointdiff adapt: error:" in capsys.readouterr().err  # argparse's one line, before any data is read

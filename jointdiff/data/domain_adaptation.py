@@ -17,8 +17,9 @@
   batch beside every batch of both domains).
 
 In every stage ``val`` is the held-out part of the *target* training split (monitoring the adaptation curve,
-decision D15; never used to select a checkpoint) and ``test`` is the target's official test split, the number
-reported (``test_domain: source``: the source's, for the source accuracy). The run itself (stage 1, stage 2,
+decision D15; never used to select a checkpoint), or with ``val_domain: source`` of the source's (stage 1's
+plateau rule watches the source, whose labels it trains on), and ``test`` is the target's official test split, the
+number reported (``test_domain: source``: the source's, for the source accuracy). The run itself (stage 1, stage 2,
 accuracy before/after) is :mod:`jointdiff.workflow.domain_adaptation` (``jointdiff adapt``).
 """
 
@@ -71,7 +72,8 @@ class DomainAdaptationDataModule(ImageDataModule):
     """One stage of a domain-adaptation run on ``source``→``target`` (see the module docstring).
 
     ``source_root`` / ``target_root`` follow the usual resolution (explicit, else ``$JOINTDIFF_DATA_ROOT/<name>``,
-    else download). ``val_fraction`` / ``split_seed`` set the held-out part of each training split.
+    else download). ``val_fraction`` / ``split_seed`` set the held-out part of each training split; ``val_domain``
+    and ``test_domain`` say whose held-out part and test split are evaluated.
     """
 
     name = "domain adaptation"
@@ -91,6 +93,7 @@ class DomainAdaptationDataModule(ImageDataModule):
         download: bool = True,
         test_domain: Literal["target", "source"] = "target",
         semi_supervised_mode: Literal["buffer", "stream"] = "buffer",
+        val_domain: Literal["target", "source"] = "target",
     ):
         super().__init__(None, batch_size, eval_batch_size, num_workers, val_fraction, split_seed, download)
         if stage not in STAGES:
@@ -102,9 +105,11 @@ class DomainAdaptationDataModule(ImageDataModule):
                              "and unlabelled images together)")
         # set here, not through the base class, whose stream mode draws a labelled subset of one dataset
         self.semi_supervised_mode = semi_supervised_mode
-        if test_domain not in ("target", "source"):
-            raise ValueError(f"test_domain must be 'target' or 'source', got {test_domain!r}")
+        for name, value in (("test_domain", test_domain), ("val_domain", val_domain)):
+            if value not in ("target", "source"):
+                raise ValueError(f"{name} must be 'target' or 'source', got {value!r}")
         self.source, self.target, self.stage, self.test_domain = source, target, stage, test_domain
+        self.val_domain = val_domain
         self.source_module, self.target_module = domain_adaptation_pair(
             source, target, source_root, target_root, batch_size=batch_size, val_fraction=val_fraction,
             split_seed=split_seed, download=download,
@@ -117,7 +122,7 @@ class DomainAdaptationDataModule(ImageDataModule):
     def load_splits(self) -> Splits:
         tgt, src = self.target_module, self.source_module
         tgt.setup()
-        if self.stage != "target" or self.test_domain == "source":
+        if self.stage != "target" or "source" in (self.test_domain, self.val_domain):
             src.setup()
         if self.stage == "source":
             train = src.train_set
@@ -130,4 +135,5 @@ class DomainAdaptationDataModule(ImageDataModule):
         else:
             images = (tgt if self.stage == "target" else src).train_set
             train = ImageTensorDataset(images.images, images.targets.new_full(images.targets.shape, UNLABELLED))
-        return Splits(train, tgt.val_set, (src if self.test_domain == "source" else tgt).test_set)
+        val = (src if self.val_domain == "source" else tgt).val_set
+        return Splits(train, val, (src if self.test_domain == "source" else tgt).test_set)

@@ -13,6 +13,11 @@ test accuracy is reported beside each when the data are a :class:`~jointdiff.dat
 Stage 2 runs as many steps as stage 1 unless ``stage2_steps`` says otherwise (decision D15), at the config's learning
 rate unless ``stage2_lr`` says otherwise (a fresh optimiser either way: ``init_from`` loads weights).
 
+With a :class:`Plateau` each stage instead trains until its validation curve is flat
+(:class:`~jointdiff.callbacks.StopOnPlateau`): stage 1 validates on the source's held-out part (EMA accuracy and
+diffusion loss), stage 2 on the target's (diffusion loss), at least as long as stage 1 — the rule of the designed
+experiment in docs/results.md ("Domain adaptation decided").
+
 :func:`run_simultaneous` is the one-stage alternative (``data.stage: simultaneous``: labelled source and unlabelled
 target in one semi-supervised run, the reference's SVHN→MNIST loader); its target test accuracy is the number, the
 source test accuracy is reported beside it.
@@ -24,16 +29,50 @@ The command is ``jointdiff adapt`` (:mod:`jointdiff.commands.adapt`, ``--mode si
 from __future__ import annotations
 
 import copy
+import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from jointdiff.files import atomic_write_json
+from jointdiff.models.checkpoints import read_checkpoint
 from jointdiff.workflow.lightning_cli import run_lightning_cli
 
 ACCURACY_KEYS = ("test/acc", "test/acc_ema", "test/acc_raw")
 HeadStatistics = Literal["frozen", "target"]
 Stage2Data = Literal["target", "source"]
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Each stage trains until flat: validation every ``every`` steps, stop at the first where the mean of the last
+    fifth of the curve is within ``accuracy_tolerance`` (absolute, source EMA accuracy; stage 1 only) and
+    ``loss_tolerance`` (relative, diffusion loss) of the fifth before it, after ``min_steps`` (stage 2: at least
+    stage 1's steps) and at most ``max_steps``."""
+
+    every: int = 250
+    min_steps: int = 2000
+    max_steps: int = 8000
+    accuracy_tolerance: float = 0.01
+    loss_tolerance: float = 0.02
+
+    def __post_init__(self):
+        if not 1 <= self.every <= self.max_steps or not 0 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"plateau needs 1 <= every <= max_steps and 0 <= min_steps <= max_steps, got {self}")
+
+    def args(self, stage: int, min_steps: int) -> list[str]:
+        """``jointdiff fit`` arguments of one stage (1: on the source's validation curve, 2: on the target's)."""
+        absolute = {"val/acc_ema": self.accuracy_tolerance} if stage == 1 else {}
+        return [
+            "--data.init_args.val_domain", "source" if stage == 1 else "target",
+            "--trainer.val_check_interval", str(self.every), "--trainer.check_val_every_n_epoch", "null",
+            "--trainer.max_steps", str(self.max_steps),
+            "--trainer.callbacks+=jointdiff.callbacks.StopOnPlateau",
+            "--trainer.callbacks.absolute", json.dumps(absolute),
+            "--trainer.callbacks.relative", json.dumps({"val/diffusion_loss": self.loss_tolerance}),
+            "--trainer.callbacks.min_steps", str(min_steps),
+        ]
 
 
 def check_stage2_args(stage2_lr: float | None, head_statistics: str, stage2_data: str) -> None:
@@ -70,54 +109,119 @@ def _fit_and_test(args: list[str]) -> tuple[object, dict, dict | None, str, int]
     ckpt = cli.trainer.checkpoint_callback.last_model_path if cli.trainer.checkpoint_callback else ""
     if not ckpt:
         raise RuntimeError("the config must save a last checkpoint (ModelCheckpoint with save_last: true)")
+    if read_checkpoint(ckpt, mmap=True).get("global_step") != cli.trainer.global_step:
+        # ModelCheckpoint writes `last` when it is triggered (a validation), not when max_steps ends a run between
+        # two validations: the checkpoint passed on (stage 2's start) must hold the weights that were tested
+        cli.trainer.save_checkpoint(ckpt)
     target = _accuracies(cli.trainer, cli.model, cli.datamodule)
     source_data = _source_test_data(cli)
     source = None if source_data is None else _accuracies(cli.trainer, cli.model, source_data)
     return cli, target, source, ckpt, cli.trainer.global_step
 
 
-def _adabn(cli, source_data) -> tuple[dict, dict | None, int]:
-    """Stage 2's model with its head's BatchNorm statistics re-estimated on stage 2's training images (raw and EMA
-    networks alike), tested on the target and the source."""
+def _plateau_record(cli) -> dict:
+    """Whether a stage stopped on its plateau (or ran to max_steps), and the validation curve the rule read."""
+    from jointdiff.callbacks import StopOnPlateau
+
+    rule = next((c for c in cli.trainer.callbacks if isinstance(c, StopOnPlateau)), None)
+    if rule is None:
+        return {}
+    return {"plateau_reached": rule.stopped_at_step is not None, "validation_steps": rule.steps,
+            "validation_curve": rule.history}
+
+
+def _adabn(model, trainer, datamodule, source_data) -> tuple[dict, dict | None, int]:
+    """A copy of ``model`` with its head's BatchNorm statistics re-estimated on ``datamodule``'s training images
+    (stage 2's; raw and EMA networks alike), tested on the target and the source."""
     from jointdiff.models.head_statistics import reestimate_head_statistics
 
-    model = copy.deepcopy(cli.model)
+    model = copy.deepcopy(model)
     seen = 0
     for network in (model.network, model.ema.module):  # stage 2's images, streamed; labels hidden (−1) and unused
-        seen = reestimate_head_statistics(network, (x for x, _ in cli.datamodule.train_dataloader()))
-    target = _accuracies(cli.trainer, model, cli.datamodule)
-    source = None if source_data is None else _accuracies(cli.trainer, model, source_data)
+        seen = reestimate_head_statistics(network, (x for x, _ in datamodule.train_dataloader()))
+    target = _accuracies(trainer, model, datamodule)
+    source = None if source_data is None else _accuracies(trainer, model, source_data)
     return target, source, seen
+
+
+def _curve(cli, folder: Path, adabn: bool) -> list[dict]:
+    """Target test accuracy (raw and EMA; after AdaBN too) of every checkpoint stage 2 wrote along the way, in step
+    order: the test split is read, never used to choose anything."""
+    from jointdiff.models.checkpoints import load_model
+
+    points = []
+    for path in sorted(folder.glob("step=*.ckpt")):
+        model = load_model(path).to(cli.model.device)
+        point = {"step": int(path.stem.split("=")[1]), "target_test": _accuracies(cli.trainer, model, cli.datamodule)}
+        if adabn:
+            point["target_test_adabn"] = _adabn(model, cli.trainer, cli.datamodule, None)[0]
+        points.append(point)
+    return points
+
+
+def train_stage1(config: str, out: str, extra: list[str] | None = None, plateau: Plateau | None = None) -> dict:
+    """Stage 1 alone (joint training on the labelled source), tested on the target and the source; returns and
+    writes ``<out>/stage1.json``, which :func:`run` takes as ``stage1`` so that several stage-2 arms share it."""
+    cli, target, source, ckpt, steps = _fit_and_test([
+        "-c", config, *(extra or []), "--trainer.logger.init_args.save_dir", out,
+        "--trainer.logger.init_args.name", "stage1", "--trainer.default_root_dir", f"{out}/stage1",
+        "--data.init_args.stage", "source", *(plateau.args(1, plateau.min_steps) if plateau else []),
+    ])
+    record = {"config": config, "extra_args": extra or [], "plateau": asdict(plateau) if plateau else None,
+              "steps": steps, "checkpoint": ckpt, **_plateau_record(cli),
+              "target_test": target, "source_test": source}
+    atomic_write_json(record, Path(out) / "stage1.json")
+    return record
 
 
 def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str] | None = None,
         stage2_lr: float | None = None, head_statistics: HeadStatistics = "frozen",
-        stage2_data: Stage2Data = "target", adabn: bool = True) -> dict:
+        stage2_data: Stage2Data = "target", adabn: bool = True, plateau: Plateau | None = None,
+        stage1: dict | None = None, curve_every: int | None = None) -> dict:
     """Both stages (``config`` then ``extra`` as ``jointdiff fit`` arguments of each); returns and writes
-    ``<out>/domain_adaptation.json``."""
+    ``<out>/domain_adaptation.json``. ``plateau``: each stage until flat (module docstring). ``stage1``: the record
+    of a finished stage 1 (:func:`train_stage1`) to start stage 2 from instead of training one. ``curve_every``:
+    stage 2 also keeps a checkpoint every that many steps, each tested on the target afterwards (``curve``)."""
     check_stage2_args(stage2_lr, head_statistics, stage2_data)
+    if plateau is not None and stage2_steps is not None:
+        raise ValueError("give stage2_steps or plateau, not both (with a plateau, stage 2 trains until flat)")
+    if curve_every is not None and curve_every < 1:
+        raise ValueError(f"curve_every must be >= 1, got {curve_every}")
+    if stage1 is None:
+        stage1 = train_stage1(config, out, extra, plateau)
+    elif not Path(stage1["checkpoint"]).is_file():
+        raise FileNotFoundError(f"stage 1's checkpoint {stage1['checkpoint']} is gone: train stage 1 again")
     common = ["-c", config, *(extra or [])]
     logs = ["--trainer.logger.init_args.save_dir", out]
-    _, before, source_before, ckpt1, steps1 = _fit_and_test([
-        *common, *logs, "--trainer.logger.init_args.name", "stage1", "--trainer.default_root_dir", f"{out}/stage1",
-        "--data.init_args.stage", "source",
-    ])
+    ckpt1, steps1 = stage1["checkpoint"], stage1["steps"]
+    stage2_length = plateau.args(2, steps1) if plateau else ["--trainer.max_steps", str(stage2_steps or steps1)]
+    curve_dir = Path(out) / "stage2" / "curve"
+    along = [] if curve_every is None else [
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", str(curve_dir), "--trainer.callbacks.filename", "{step:07d}",
+        "--trainer.callbacks.every_n_train_steps", str(curve_every), "--trainer.callbacks.save_top_k", "-1",
+    ]
     cli2, after, source_after, ckpt2, steps2 = _fit_and_test([
         *common, *logs, "--trainer.logger.init_args.name", "stage2", "--trainer.default_root_dir", f"{out}/stage2",
         "--data.init_args.stage", "target" if stage2_data == "target" else "source_unlabelled",
         "--model.init_args.init_from", ckpt1, "--model.init_args.skip_classifier_loss", "true",
-        "--model.init_args.head_statistics", head_statistics, "--trainer.max_steps", str(stage2_steps or steps1),
+        "--model.init_args.head_statistics", head_statistics, *stage2_length, *along,
         *(["--model.init_args.lr", str(stage2_lr)] if stage2_lr is not None else []),
     ])
     summary = {
         "config": config, "extra_args": extra or [], "head_statistics": head_statistics, "stage2_data": stage2_data,
-        "stage1": {"steps": steps1, "checkpoint": ckpt1},
-        "stage2": {"steps": steps2, "checkpoint": ckpt2, **({"lr": stage2_lr} if stage2_lr is not None else {})},
-        "target_test_before": before, "target_test_after": after,
-        "source_test_before": source_before, "source_test_after": source_after,
+        "plateau": asdict(plateau) if plateau else None,
+        "stage1": {k: stage1[k] for k in ("steps", "checkpoint", "plateau_reached", "validation_steps",
+                                          "validation_curve") if k in stage1},
+        "stage2": {"steps": steps2, "checkpoint": ckpt2, **({"lr": stage2_lr} if stage2_lr is not None else {}),
+                   **_plateau_record(cli2)},
+        "target_test_before": stage1["target_test"], "target_test_after": after,
+        "source_test_before": stage1["source_test"], "source_test_after": source_after,
     }
+    if curve_every is not None:
+        summary["curve"] = _curve(cli2, curve_dir, adabn)
     if adabn:
-        target, source, seen = _adabn(cli2, _source_test_data(cli2))
+        target, source, seen = _adabn(cli2.model, cli2.trainer, cli2.datamodule, _source_test_data(cli2))
         summary.update(target_test_after_adabn=target, source_test_after_adabn=source, adabn_images=seen)
     atomic_write_json(summary, Path(out) / "domain_adaptation.json")
     print(f"\n{'test accuracy':<28}{'before (stage 1)':>18}{'after (stage 2)':>18}"
