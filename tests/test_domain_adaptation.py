@@ -15,8 +15,8 @@ import torch
 from jointdiff.cli import main as cli_main
 from jointdiff.data import DomainAdaptationDataModule, domain_adaptation_pair
 from jointdiff.data.semisupervised import UNLABELLED
-from jointdiff.models.checkpoints import CLASS_KEY
 from jointdiff.models import JointDiffusion
+from jointdiff.models.checkpoints import CLASS_KEY
 from jointdiff.workflow.domain_adaptation import Plateau, run_simultaneous, train_stage1
 from jointdiff.workflow.domain_adaptation import run as run_adaptation
 
