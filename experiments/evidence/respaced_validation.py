@@ -5,6 +5,7 @@ sampler for every (seed, steps, η, α rule) cell of the design, against the ful
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/respaced_validation.py \\
         --checkpoint runs/demo/version_0/checkpoints/last.ckpt --seeds 0 1 2
     python experiments/evidence/respaced_validation.py --table      # the summary table into docs/sampling.md
+    python experiments/evidence/respaced_validation.py --rules      # reading rules 1-4 on the same files
 
 One result file per cell under ``experiments/evidence/results/respaced_validation/demo_<sha256[:12]>/``, one folder
 per checkpoint (a finished cell is skipped, so the run resumes and can be split over processes with ``--seeds``).
@@ -167,6 +168,70 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+RULE_ALPHAS = (50, 100, 200)  # the α at which reading rules 1-3 compare a cell with the full chain
+MATCH = -0.05  # rule 1: a cell matches when its mean gap is at least this at every α of RULE_ALPHAS
+
+
+def _cells_of(folder: Path) -> dict[tuple, dict[int, dict[float, dict]]]:
+    """(steps or "all", η, rule) → seed → α → row."""
+    cells: dict[tuple, dict[int, dict[float, dict]]] = {}
+    for path in sorted(folder.glob("seed*.json")):
+        data = json.loads(path.read_text())
+        key = ("all", None, None) if data["eta"] is None else (data["steps"], data["eta"], data["respaced_alpha"])
+        cells.setdefault(key, {})[data["seed"]] = {float(r["alpha"]): r for r in data["rows"]}
+    return cells
+
+
+def read_rules(folder: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """The design's reading rules 1-4 (docs/sampling.md) applied to the result files of ``folder``, on the seeds in
+    ``seeds`` only. ``complete`` says whether every cell the rules read has every one of those seeds; a reading of an
+    incomplete table is printed as such and decides nothing."""
+    cells = _cells_of(folder)
+    full = cells.get(("all", None, None), {})
+
+    def summary(key) -> dict | None:
+        runs = cells.get(key, {})
+        common = [s for s in seeds if s in runs and s in full]
+        if not common:
+            return None
+        gaps = {a: statistics.mean(runs[s][a]["judge_hit_rate"] - full[s][a]["judge_hit_rate"] for s in common)
+                for a in RULE_ALPHAS}
+        fd = statistics.mean(runs[s][a]["fid"] for s in common for a in RULE_ALPHAS)
+        return {"seeds": common, "gap": gaps, "mean_gap": statistics.mean(gaps.values()), "mean_fd": fd,
+                "matches": all(g >= MATCH for g in gaps.values())}
+
+    def choose_eta(steps: int) -> tuple[float | None, dict]:
+        found = {eta: summary((steps, eta, "same")) for eta in (0.0, 0.5, 1.0)}
+        found = {eta: v for eta, v in found.items() if v is not None}
+        if not found:
+            return None, {}
+        matching = {eta: v for eta, v in found.items() if v["matches"]}
+        if matching:
+            return min(matching, key=lambda eta: matching[eta]["mean_fd"]), found
+        return max(found, key=lambda eta: found[eta]["mean_gap"]), found
+
+    eta, at50 = choose_eta(50)
+    same, stride = summary((50, 1.0, "same")), summary((50, 1.0, "stride"))
+    rule = "same"
+    if same and stride and stride["mean_gap"] > same["mean_gap"] + 0.05 and stride["mean_fd"] <= same["mean_fd"]:
+        rule = "stride"
+    steps: int | str = "all"
+    read = [(50, e, "same") for e in (0.0, 0.5, 1.0)] + [(50, 1.0, "stride")]  # rules 2 and 3
+    for n in (25, 50, 100):  # rule 4 reads the default η's cells up to the first that matches
+        read.append((n, eta, "same"))
+        cell = summary((n, eta, "same")) if eta is not None else None
+        if cell is not None and cell["matches"]:
+            steps = n
+            break
+    complete = bool(full) and all(s in full for s in seeds) and all(
+        all(s in cells.get(k, {}) for s in seeds) for k in read)
+    return {
+        "seeds": list(seeds), "complete": complete, "eta": eta, "cells_at_50": at50,
+        "eta_at": {n: choose_eta(n)[0] for n in (25, 100)}, "alpha_rule": rule, "same": same, "stride": stride,
+        "steps": steps,
+    }
+
+
 def render(text: str, block: str) -> None:
     """Replace the ``<!-- evidence:<block> -->`` block of docs/sampling.md with ``text``."""
     path = REPO / "docs" / "sampling.md"
@@ -189,7 +254,14 @@ def main() -> None:
     parser.add_argument("--results", default=None,
                         help="with --table: this results folder instead of the one of --checkpoint")
     parser.add_argument("--block", default="respaced_validation", help="with --table: the docs/sampling.md block")
+    parser.add_argument("--rules", action="store_true",
+                        help="only print the reading rules' outcome on the result files (--results or --checkpoint)")
     args = parser.parse_args()
+    if args.rules:
+        folder = Path(args.results) if args.results else results_dir(
+            hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest())
+        print(json.dumps(read_rules(folder, tuple(args.seeds)), indent=1))
+        return
     if args.table:
         folder = Path(args.results) if args.results else results_dir(
             hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest())

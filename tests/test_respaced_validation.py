@@ -1,0 +1,70 @@
+"""The reading rules of the respaced-sampler validation (docs/sampling.md, rules 1-4) as
+experiments/evidence/respaced_validation.py applies them, on result files written here with hand-chosen numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FULL = {50: (0.70, 60.0), 100: (0.80, 62.0), 200: (0.80, 80.0)}  # α → (hit rate, FD) of the full chain
+
+
+@pytest.fixture
+def rules(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "experiments" / "evidence"))  # the script imports judge.py beside it
+    spec = importlib.util.spec_from_file_location("respaced_validation",
+                                                  REPO / "experiments/evidence/respaced_validation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module.read_rules
+    sys.modules.pop("judge", None)
+
+
+def write(folder: Path, seed: int, steps, eta, rule, gap: dict[int, float], fd: float) -> None:
+    rows = [{"alpha": a, "judge_hit_rate": FULL[a][0] + gap[a], "fid": FULL[a][1] if steps is None else fd}
+            for a in FULL] + [{"alpha": 0, "judge_hit_rate": 0.1, "fid": 70.0}]  # α = 0: read by no rule
+    name = f"seed{seed}_all" if steps is None else f"seed{seed}_steps{steps}_eta{eta:g}_{rule}"
+    (folder / f"{name}.json").write_text(json.dumps({"seed": seed, "steps": steps or 500, "eta": eta,
+                                                     "respaced_alpha": rule, "rows": rows}))
+
+
+def table(folder: Path, stride_fd: float, seeds=(0, 1, 2), skip=()) -> None:
+    folder.mkdir(exist_ok=True)
+    cells = {  # (steps, η, rule) → (gap at every α, FD)
+        (None, None, None): (0.0, 0.0),
+        (50, 0.0, "same"): (-0.20, 90.0),  # rule 1: no match
+        (50, 0.5, "same"): (-0.04, 70.0),  # matches, the lowest FD among the matching: rule 2 picks η = 0.5
+        (50, 1.0, "same"): (+0.02, 75.0),  # matches with a larger gap, but a higher FD
+        (50, 1.0, "stride"): (+0.08, stride_fd),  # a gap larger than `same`'s by 0.06 (> 0.05)
+        (25, 0.5, "same"): (-0.06, 72.0),  # η = 0.5 misses at 25 steps, so rule 4 picks 50
+        (100, 0.5, "same"): (-0.01, 69.0),
+    }
+    for seed in seeds:
+        for (steps, eta, rule), (gap, fd) in cells.items():
+            if (seed, steps, eta) not in skip:
+                write(folder, seed, steps, eta, rule, {a: gap for a in FULL}, fd)
+
+
+def test_the_rules_pick_the_lowest_fd_among_matching_cells_and_the_fewest_matching_steps(rules, tmp_path):
+    table(tmp_path / "a", stride_fd=100.0)
+    read = rules(tmp_path / "a")
+    assert read["complete"]
+    assert {eta: v["matches"] for eta, v in read["cells_at_50"].items()} == {0.0: False, 0.5: True, 1.0: True}
+    assert read["cells_at_50"][0.5]["mean_gap"] == pytest.approx(-0.04)
+    assert read["eta"] == 0.5 and read["steps"] == 50
+    assert read["alpha_rule"] == "same"  # stride's gap is larger, but its FD (100) is higher than same's (75)
+    table(tmp_path / "b", stride_fd=74.0)
+    assert rules(tmp_path / "b")["alpha_rule"] == "stride"  # larger by > 0.05 at an FD no higher
+
+
+def test_a_reading_with_a_seed_missing_from_a_cell_it_needs_is_incomplete(rules, tmp_path):
+    table(tmp_path / "c", stride_fd=100.0, skip={(2, 25, 0.5)})
+    assert not rules(tmp_path / "c")["complete"]
+    table(tmp_path / "d", stride_fd=100.0, skip={(2, 100, 0.5)})  # 100 steps: not read once 50 matches
+    assert rules(tmp_path / "d")["complete"]
