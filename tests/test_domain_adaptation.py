@@ -384,6 +384,9 @@ def test_the_designed_experiments_runner_runs_every_unit_and_resumes(data_root, 
         assert results[arm]["target_test_before"] == results["stage1"]["target_test"]
         assert [p["step"] for p in results[arm]["curve"]] == list(range(1, results[arm]["stage2"]["steps"] + 1))
     assert results["source_control"]["stage2_data"] == "source" and results["target"]["head_statistics"] == "target"
+    control = results["source_control"]  # its own domain along the way too: the last point is its final weights
+    assert control["curve"][-1]["source_test"] == control["source_test_after"]
+    assert "source_test" not in results["frozen"]["curve"][-1]
     simultaneous = torch.load(results["simultaneous"]["simultaneous"]["checkpoint"], weights_only=True)
     # (validation every 3 steps, 4 steps: the last checkpoint is the final step because the driver writes it)
     assert simultaneous["global_step"] == steps1 + results["frozen"]["stage2"]["steps"]
@@ -393,6 +396,18 @@ def test_the_designed_experiments_runner_runs_every_unit_and_resumes(data_root, 
         "StandaloneClassifier")
     # the upper bound trains on the labelled target: its reported number is the target's own test split
     assert results["target_bound"]["trained_on"] == "mnist (labelled)"
+    # the report: the table's numbers are the JSONs' (one seed: the mean is the value), and the plot is written
+    text = runner.table(tmp_path / "results")
+    frozen = results["frozen"]
+    row = next(line for line in text.splitlines() if "| frozen |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["usps:mnist", "frozen", "1", str(frozen["stage2"]["steps"])]
+    assert cells[4] == f"{frozen['target_test_before']['test/acc_ema']:.3f}"
+    assert cells[5] == (f"{frozen['target_test_after']['test/acc_ema']:.3f} / "
+                        f"{frozen['target_test_after']['test/acc_raw']:.3f}")
+    assert "source control, on the source" in text and "target upper bound" in text
+    png = runner.plot(tmp_path / "da.png", tmp_path / "results")
+    assert png.stat().st_size > 10_000
     before = (folder / "frozen.json").stat().st_mtime_ns
     runner.run_unit("frozen", "usps:mnist", 0, **kw)  # a finished unit is skipped
     assert (folder / "frozen.json").stat().st_mtime_ns == before

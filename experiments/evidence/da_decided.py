@@ -2,6 +2,7 @@
 
     JOINTDIFF_DATA_ROOT=../shared/data python experiments/evidence/da_decided.py --pairs usps:mnist --seeds 0
     python experiments/evidence/da_decided.py --units stage1 frozen --pairs mnist:usps --seeds 1   # a share of it
+    python experiments/evidence/da_decided.py --report    # table into docs/results.md, plot docs/figures/da_decided.png
 
 Per (pair, seed), in this order (a unit whose JSON exists is skipped, so the experiment resumes unit by unit and
 can be shared out over processes with ``--pairs``/``--seeds``/``--units``):
@@ -105,13 +106,126 @@ def run_unit(unit: str, pair: str, seed: int, results: Path = RESULTS, runs: Pat
     atomic_write_json({**summary, "unit": unit, "pair": pair, "seed": seed}, out)
 
 
+# (unit, key of a curve point, label) of the plot's lines: target test accuracy (EMA) against the stage-2 step
+LINES = [("frozen", "target_test", "frozen"), ("frozen", "target_test_adabn", "frozen + AdaBN"),
+         ("target", "target_test", "target"), ("target", "target_test_adabn", "target + AdaBN"),
+         ("source_control", "target_test", "source control, on the target"),
+         ("source_control", "source_test", "source control, on its source")]
+ACC = "test/acc_ema"
+
+
+def load(results: Path = RESULTS) -> dict[str, dict[int, dict[str, dict]]]:
+    """pair → seed → unit → its JSON, for every unit that finished."""
+    found: dict[str, dict[int, dict[str, dict]]] = {}
+    for path in sorted(results.glob("*_seed*/*.json")):
+        data = json.loads(path.read_text())
+        found.setdefault(data["pair"], {}).setdefault(data["seed"], {})[data["unit"]] = data
+    return found
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f}" if values else "–"
+
+
+def table(results: Path = RESULTS) -> str:
+    """Per pair and arm, means over the seeds that finished it: target test accuracy (EMA) before stage 2, after it,
+    after AdaBN, and the change; the source control's own (source) accuracy; the references."""
+    lines = ["| pair | run | seeds | stage-2 steps | before | after (EMA / raw) | after + AdaBN | change |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for pair, seeds in sorted(load(results).items()):
+        units = [seeds[k] for k in sorted(seeds)]
+        for arm in ("frozen", "target", "source_control"):
+            done = [u[arm] for u in units if arm in u]
+            if not done:
+                continue
+            for domain in ("target", "source") if arm == "source_control" else ("target",):
+                before = [d[f"{domain}_test_before"][ACC] for d in done]
+                after = [d[f"{domain}_test_after"][ACC] for d in done]
+                raw = [d[f"{domain}_test_after"]["test/acc_raw"] for d in done]
+                adabn = [d[f"{domain}_test_after_adabn"][ACC] for d in done if d.get(f"{domain}_test_after_adabn")]
+                change = sum(after) / len(after) - sum(before) / len(before)
+                steps = sum(d["stage2"]["steps"] for d in done) / len(done)
+                label = arm if arm != "source_control" else f"source control, on the {domain}"
+                lines.append(f"| {pair} | {label} | {len(done)} | {steps:.0f} | {_mean(before)} | "
+                             f"{_mean(after)} / {_mean(raw)} | {_mean(adabn)} | {change:+.3f} |")
+        for unit, label in (("simultaneous", "simultaneous (one stage)"), ("source_only", "source-only classifier"),
+                            ("target_bound", "target upper bound")):
+            done = [u[unit] for u in units if unit in u]
+            if done:
+                key = "target_test"
+                lines.append(f"| {pair} | {label} | {len(done)} | – | – | "
+                             f"{_mean([d[key][ACC] for d in done])} / "
+                             f"{_mean([d[key]['test/acc_raw'] for d in done])} | – | – |")
+    return "\n".join(lines) if len(lines) > 2 else "(no unit finished yet)"
+
+
+def plot(path: Path, results: Path = RESULTS) -> Path:
+    """Target test accuracy (EMA) against the stage-2 step, one line per arm (mean over the seeds that reached the
+    step; step 0 is stage 1's weights), the references as horizontal lines; one panel per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = load(results)
+    pairs = sorted(found) or ["(none)"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.2), squeeze=False)
+    for ax, pair in zip(axes[0], pairs, strict=True):
+        units = list(found.get(pair, {}).values())
+        for unit, key, label in LINES:
+            by_step: dict[int, list[float]] = {}
+            for u in units:
+                if unit not in u:
+                    continue
+                domain = "source" if key == "source_test" else "target"
+                by_step.setdefault(0, []).append(u[unit][f"{domain}_test_before"][ACC])
+                for point in u[unit].get("curve", []):
+                    if key in point:
+                        by_step.setdefault(point["step"], []).append(point[key][ACC])
+            if by_step:
+                steps = sorted(by_step)
+                ax.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], marker=".", label=label,
+                        linestyle="--" if key == "source_test" else "-")
+        for unit, label, style in (("source_only", "source-only classifier", ":"),
+                                   ("target_bound", "target upper bound", "-."),
+                                   ("simultaneous", "simultaneous (final)", (0, (1, 3)))):
+            values = [u[unit]["target_test"][ACC] for u in units if unit in u]
+            if values:
+                ax.axhline(sum(values) / len(values), color="grey", linestyle=style, label=label)
+        ax.set(title=pair.replace(":", " → "), xlabel="stage-2 step", ylabel="test accuracy (EMA)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(text: str, block: str = "da_decided") -> None:
+    """Replace the ``<!-- evidence:<block> -->`` block of docs/results.md with ``text``."""
+    doc_path = REPO / "docs" / "results.md"
+    doc = doc_path.read_text()
+    begin, end = f"<!-- evidence:{block} -->", f"<!-- /evidence:{block} -->"
+    head, rest = doc.split(begin, 1)
+    doc_path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--units", nargs="+", default=list(UNITS), choices=UNITS)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--report", action="store_true",
+                        help="only render the table into docs/results.md and the plot into docs/figures/da_decided.png")
     args = parser.parse_args()
+    if args.report:
+        print(table())
+        render(table())
+        print(plot(REPO / "docs" / "figures" / "da_decided.png"))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     for pair in args.pairs:

@@ -144,15 +144,19 @@ def _adabn(model, trainer, datamodule, source_data) -> tuple[dict, dict | None, 
     return target, source, seen
 
 
-def _curve(cli, folder: Path, adabn: bool) -> list[dict]:
+def _curve(cli, folder: Path, adabn: bool, source_too: bool) -> list[dict]:
     """Target test accuracy (raw and EMA; after AdaBN too) of every checkpoint stage 2 wrote along the way, in step
-    order: the test split is read, never used to choose anything."""
+    order, and with ``source_too`` the source's (the source control's own domain): the test split is read, never
+    used to choose anything."""
     from jointdiff.models.checkpoints import load_model
 
+    source_data = _source_test_data(cli) if source_too else None
     points = []
     for path in sorted(folder.glob("step=*.ckpt")):
         model = load_model(path).to(cli.model.device)
         point = {"step": int(path.stem.split("=")[1]), "target_test": _accuracies(cli.trainer, model, cli.datamodule)}
+        if source_data is not None:
+            point["source_test"] = _accuracies(cli.trainer, model, source_data)
         if adabn:
             point["target_test_adabn"] = _adabn(model, cli.trainer, cli.datamodule, None)[0]
         points.append(point)
@@ -219,7 +223,7 @@ def run(config: str, out: str, stage2_steps: int | None = None, extra: list[str]
         "source_test_before": stage1["source_test"], "source_test_after": source_after,
     }
     if curve_every is not None:
-        summary["curve"] = _curve(cli2, curve_dir, adabn)
+        summary["curve"] = _curve(cli2, curve_dir, adabn, source_too=stage2_data == "source")
     if adabn:
         target, source, seen = _adabn(cli2.model, cli2.trainer, cli2.datamodule, _source_test_data(cli2))
         summary.update(target_test_after_adabn=target, source_test_after_adabn=source, adabn_images=seen)
