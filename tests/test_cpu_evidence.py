@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def evidence(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "experiments" / "evidence"))  # its sibling modules (blocks.py)
     spec = importlib.util.spec_from_file_location("cpu_evidence", REPO / "experiments" / "evidence" / "cpu_evidence.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

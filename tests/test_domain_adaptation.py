@@ -358,9 +358,10 @@ def test_arms_share_one_stage_one_and_stage_two_leaves_a_tested_curve(data_root,
         run_adaptation(base, str(tmp_path / "x"), stage1={**stage1, "checkpoint": str(tmp_path / "gone.ckpt")})
 
 
-def test_the_designed_experiments_runner_runs_every_unit_and_resumes(data_root, tmp_path):
+def test_the_designed_experiments_runner_runs_every_unit_and_resumes(data_root, tmp_path, monkeypatch):
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(REPO / "experiments" / "evidence"))  # its sibling modules (blocks.py)
     spec = importlib.util.spec_from_file_location("da_decided", REPO / "experiments/evidence/da_decided.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)

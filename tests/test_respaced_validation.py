@@ -68,3 +68,16 @@ def test_a_reading_with_a_seed_missing_from_a_cell_it_needs_is_incomplete(rules,
     assert not rules(tmp_path / "c")["complete"]
     table(tmp_path / "d", stride_fd=100.0, skip={(2, 100, 0.5)})  # 100 steps: not read once 50 matches
     assert rules(tmp_path / "d")["complete"]
+
+
+def test_a_generated_block_is_replaced_and_nothing_else(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "experiments" / "evidence"))
+    from blocks import render_block, replace_block
+
+    doc = "a\n<!-- evidence:x -->\nold\n<!-- /evidence:x -->\nb <!-- evidence:y -->\nkeep\n<!-- /evidence:y -->\n"
+    assert replace_block(doc, "x", "new") == doc.replace("old", "new")
+    assert replace_block(doc, "z", "new") == doc
+    (tmp_path / "d.md").write_text(doc)
+    with pytest.raises(KeyError, match="no <!-- evidence:z --> block"):
+        render_block(tmp_path / "d.md", "z", "new")
+    sys.modules.pop("blocks", None)

@@ -44,6 +44,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from blocks import replace_block
+
 REPO = Path(__file__).resolve().parents[2]
 RUNS = Path("runs/evidence")
 RESULTS = REPO / "experiments" / "evidence" / "results"
@@ -342,11 +344,7 @@ def render() -> None:
             continue
         text = path.read_text()
         for part, table in parts:
-            begin, end = f"<!-- evidence:{part} -->", f"<!-- /evidence:{part} -->"
-            if begin not in text or end not in text:
-                continue
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + (table or "(not run yet)") + "\n" + end + rest.split(end, 1)[1]
+            text = replace_block(text, part, table or "(not run yet)")
         path.write_text(text)
         print(f"tables written to {path}")
 

@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from blocks import render_block
 
 from jointdiff.files import atomic_write_json
 from jointdiff.workflow.domain_adaptation import Plateau, run, run_simultaneous, train_stage1
@@ -203,15 +204,6 @@ def plot(path: Path, results: Path = RESULTS) -> Path:
     return path
 
 
-def render(text: str, block: str = "da_decided") -> None:
-    """Replace the ``<!-- evidence:<block> -->`` block of docs/results.md with ``text``."""
-    doc_path = REPO / "docs" / "results.md"
-    doc = doc_path.read_text()
-    begin, end = f"<!-- evidence:{block} -->", f"<!-- /evidence:{block} -->"
-    head, rest = doc.split(begin, 1)
-    doc_path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
@@ -223,7 +215,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         print(table())
-        render(table())
+        render_block(REPO / "docs" / "results.md", "da_decided", table())
         print(plot(REPO / "docs" / "figures" / "da_decided.png"))
         return
     if args.threads:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from blocks import render_block
 from judge import LeNet5, as_saved, train_judge
 
 from jointdiff.data import FashionMNISTDataModule
@@ -232,15 +233,6 @@ def read_rules(folder: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     }
 
 
-def render(text: str, block: str) -> None:
-    """Replace the ``<!-- evidence:<block> -->`` block of docs/sampling.md with ``text``."""
-    path = REPO / "docs" / "sampling.md"
-    doc = path.read_text()
-    begin, end = f"<!-- evidence:{block} -->", f"<!-- /evidence:{block} -->"
-    head, rest = doc.split(begin, 1)
-    path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/demo/version_0/checkpoints/last.ckpt")
@@ -266,7 +258,7 @@ def main() -> None:
         folder = Path(args.results) if args.results else results_dir(
             hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest())
         print(table(folder))
-        render(table(folder), args.block)
+        render_block(REPO / "docs" / "sampling.md", args.block, table(folder))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
