@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from jointdiff.callbacks.plateau import StopOnPlateau
 from jointdiff.files import atomic_write_json
-from jointdiff.models.checkpoints import read_checkpoint
+from jointdiff.models.checkpoints import load_model, read_checkpoint
 from jointdiff.workflow.lightning_cli import run_lightning_cli
 
 ACCURACY_KEYS = ("test/acc", "test/acc_ema", "test/acc_raw")
@@ -121,8 +122,6 @@ def _fit_and_test(args: list[str]) -> tuple[object, dict, dict | None, str, int]
 
 def _plateau_record(cli) -> dict:
     """Whether a stage stopped on its plateau (or ran to max_steps), and the validation curve the rule read."""
-    from jointdiff.callbacks import StopOnPlateau
-
     rule = next((c for c in cli.trainer.callbacks if isinstance(c, StopOnPlateau)), None)
     if rule is None:
         return {}
@@ -148,8 +147,6 @@ def _curve(cli, folder: Path, adabn: bool, source_too: bool) -> list[dict]:
     """Target test accuracy (raw and EMA; after AdaBN too) of every checkpoint stage 2 wrote along the way, in step
     order, and with ``source_too`` the source's (the source control's own domain): the test split is read, never
     used to choose anything."""
-    from jointdiff.models.checkpoints import load_model
-
     source_data = _source_test_data(cli) if source_too else None
     points = []
     for path in sorted(folder.glob("step=*.ckpt")):
