@@ -81,3 +81,23 @@ def test_a_generated_block_is_replaced_and_nothing_else(monkeypatch, tmp_path):
     with pytest.raises(KeyError, match="no <!-- evidence:z --> block"):
         render_block(tmp_path / "d.md", "z", "new")
     sys.modules.pop("blocks", None)
+
+
+def test_the_defaults_are_what_the_committed_validation_reads(rules):
+    """The defaults follow the evidence: the reading rules applied to the committed result files give the η, the
+    α rule and the steps that the package and the demo use (docs/sampling.md, "Result, 2026-12-08")."""
+    import inspect
+
+    import yaml
+
+    from jointdiff.diffusion.conditional import ClassSteering
+    from jointdiff.diffusion.ddim import RESPACED_ETA, SWEEP_STEPS
+
+    read = rules(REPO / "experiments/evidence/results/respaced_validation/demo_41e2bb01d36c")
+    assert read["complete"]
+    assert (read["eta"], read["steps"], read["alpha_rule"]) == (RESPACED_ETA, SWEEP_STEPS, "same")
+    assert inspect.signature(ClassSteering).parameters["respaced_alpha"].default == read["alpha_rule"]
+    demo = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    callbacks = demo["trainer"]["callbacks"]
+    grid = next(c["init_args"] for c in callbacks if c["class_path"].endswith("ClassConditionalGrid"))
+    assert grid["steps"] == read["steps"] and "eta" not in grid  # the demo's class grid: the validated sampler

@@ -81,7 +81,7 @@ def run_alpha_sweep(
     progress: bool = False,
     clip_denoised: bool = False,
     steps: int | None = None,
-    eta: float = 0.0,
+    eta: float = RESPACED_ETA,
     respaced_alpha: RespacedAlpha = "same",
     fabric=None,
 ) -> list[dict]:
