@@ -30,6 +30,8 @@ def test_fit_then_test_from_config_writes_checkpoint_metrics_and_grid(data_root,
 
 
 def test_main_job_writes_a_class_conditional_grid_drawn_with_the_joint_sampler(data_root, tmp_path, capsys):
+    from jointdiff.diffusion.ddim import RESPACED_ETA
+
     overrides = tiny_overrides(tmp_path, noisy_classifier="replace")
     cfg = yaml.safe_load(overrides.read_text())
     cfg["trainer"]["callbacks"].insert(2, {"class_path": "jointdiff.callbacks.ClassConditionalGrid",
@@ -41,7 +43,9 @@ def test_main_job_writes_a_class_conditional_grid_drawn_with_the_joint_sampler(d
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     grid = Path(metrics["conditional_grid"])
     assert grid.name == "conditional_step_0000003.png" and grid != Path(metrics["sample_grid"])
-    assert f"class grid     {grid}  (joint sampler (α = 50), ancestral, all 50 steps; x̂0 clamped to [-1, 1])" in out
+    # the main job's grid: the validated respaced sampler (configs/demo.yaml: 25 steps at RESPACED_ETA)
+    assert f"class grid     {grid}  (joint sampler (α = 50), η-DDIM on 25 of 50 steps, η = {RESPACED_ETA:g}; x̂0 " \
+        "clamped to [-1, 1])" in out
     split = metrics["test"]["seconds"]  # the wall time split into its parts, each measured on its own
     assert split["grids"] > 0 and split["validation"] > 0 and split["test"] > 0 and split["training"] > 0
     assert split["training"] + split["validation"] + split["grids"] + split["test"] <= split["total"] + 0.5
@@ -50,17 +54,20 @@ def test_main_job_writes_a_class_conditional_grid_drawn_with_the_joint_sampler(d
     assert f"sample grid    {metrics['sample_grid']}" in out and metrics["conditional_grid_clip_denoised"] is True
     assert "wall time (s)" in out and "checkpoints/last.ckpt" in out
     assert metrics["test"]["wall_time_s"] >= metrics["fit"]["wall_time_s"] > 0
-    # independent redraw: row k holds class k, 2 samples each, from the EMA weights, seeded generator, all T steps
+    # independent redraw: row k holds class k, 2 samples each, from the EMA weights, seeded generator, η-DDIM on the
+    # 25 respaced steps of 50
     from PIL import Image
 
     from jointdiff.diffusion.conditional import joint_conditional_sample
+    from jointdiff.diffusion.ddim import respaced_timesteps
     from jointdiff.images import save_grid
 
     model = load_model(metrics["checkpoint"], expected=JointDiffusion)
     net = model.ema.module.eval()
     targets = torch.tensor([k for k in range(10) for _ in range(2)])
     x = joint_conditional_sample(net, model.diffusion, (20, 1, 28, 28), targets, 50.0,
-                                 generator=torch.Generator().manual_seed(5), clip_denoised=True)
+                                 generator=torch.Generator().manual_seed(5), clip_denoised=True,
+                                 timesteps=respaced_timesteps(50, 25), eta=RESPACED_ETA)
     expected = save_grid(x, tmp_path / "expected.png", nrow=2)
     got, want = Image.open(grid), Image.open(expected)
     assert got.size == want.size == (2 * 30 + 2, 10 * 30 + 2)

@@ -35,7 +35,8 @@ def test_alpha_sweep_rows_files_and_alpha_zero_baseline(tmp_path):
     write_checkpoint(ckpt)
     out = tmp_path / "sweep"
     rows = alpha_sweep(ckpt, output=str(out), alphas=[0.0, 20.0], num_per_class=6, classes=[0, 2], judge=ckpt,
-                       features=f"classifier:{ckpt}", data=TinyData(), batch_size=4, progress=False)
+                       features=f"classifier:{ckpt}", data=TinyData(), batch_size=4, progress=False,
+                       steps="all")  # the full chain, whose α = 0 row is the ddpm sampler's (below)
     assert [r["alpha"] for r in rows] == [0.0, 20.0]
     for suffix in ("csv", "md", "json", "png"):
         assert (out / f"alpha_sweep.{suffix}").is_file()
